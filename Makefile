@@ -1,0 +1,57 @@
+# Two commands matter: `make run` (start everything locally and run a demo job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: install proto proto-check lint format test test-unit run up down bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@# promtool (Debian's prometheus package) checks deploy/prometheus/rules.yaml in the tests.
+	command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	touch $(STAMP)
+
+# Regenerates the committed Python stubs under gen/.
+proto: $(STAMP)
+	$(PY) -m services.devtools.protogen gen
+
+# Fails when the committed stubs differ from what the protos generate.
+proto-check: $(STAMP)
+	$(PY) -m services.devtools.protogen --check gen
+	$(VENV)/bin/buf lint protos
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) proto-check lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+run: $(STAMP)
+	$(PY) -m services.devstack run
+
+up: $(STAMP)
+	$(PY) -m services.devstack up
+
+down: $(STAMP)
+	$(PY) -m services.devstack down
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .run $(VENV)

@@ -1,0 +1,174 @@
+"""`make bench`: figures measured in one run, each next to a baseline from the same run.
+
+Starts the stack as `make up` does (or uses the one `make up` left running) and drives it from
+this separate process:
+  1. CreateJob throughput against a bare gRPC unary call on this machine (ratio);
+  2. dispatch latency: CreateJob to a worker claiming the job (p50, p99);
+  3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from media.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    notifier_service_pb2,
+    notifier_service_pb2_grpc,
+)
+from services.common.auth import bearer_metadata
+
+TERMINAL = {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def throughput(
+    call: Callable[[], Awaitable[object]], seconds: float, concurrency: int
+) -> float:
+    """Calls per second with `concurrency` calls in flight, after a short warm-up."""
+    done = 0
+    stop_at = 0.0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await call()
+            done += 1
+
+    stop_at = time.perf_counter() + 0.5
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = 0
+    start = time.perf_counter()
+    stop_at = start + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+def start_bare_server(stack: ExitStack) -> str:
+    port_file = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port_file)])
+    stack.callback(proc.wait)
+    stack.callback(proc.terminate)
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return f"127.0.0.1:{port_file.read_text()}"
+        time.sleep(0.05)
+    raise RuntimeError("bare gRPC server did not start")
+
+
+async def measure(
+    job_addr: str, notifier_addr: str, token: str, bare_addr: str, args: argparse.Namespace
+) -> None:
+    md = bearer_metadata(token)
+    image = job_pb2.ImageParams(prompt="bench", size="256x256", model="local")
+    async with (
+        grpc.aio.insecure_channel(job_addr) as job_channel,
+        grpc.aio.insecure_channel(notifier_addr) as notifier_channel,
+        grpc.aio.insecure_channel(bare_addr) as bare_channel,
+    ):
+        jobs = job_service_pb2_grpc.JobServiceStub(job_channel)
+        notifier = notifier_service_pb2_grpc.NotifierServiceStub(notifier_channel)
+        bare = health_pb2_grpc.HealthStub(bare_channel)
+        check = health_pb2.HealthCheckRequest()
+
+        async def bare_call() -> object:
+            return await bare.Check(check)
+
+        async def create_call() -> object:
+            return await jobs.CreateJob(job_service_pb2.CreateJobRequest(image=image), metadata=md)
+
+        # 1. throughput, baseline first and last to see drift on a noisy machine.
+        base1 = await throughput(bare_call, args.seconds, args.concurrency)
+        creates = await throughput(create_call, args.seconds, args.concurrency)
+        base2 = await throughput(bare_call, args.seconds, args.concurrency)
+        base = (base1 + base2) / 2
+        print(f"bare gRPC unary:      {base:8.0f} calls/s  ({base1:.0f} before, {base2:.0f} after)")
+        print(f"CreateJob:            {creates:8.0f} calls/s")
+        print(f"CreateJob / bare:     {creates / base:8.2f}   (goal >= 0.50)")
+
+        # The throughput phase queued many jobs; let the workers drain them before timing.
+        print("waiting for the queued jobs to drain ...", flush=True)
+        await drain(jobs, md)
+
+        # 2 and 3. one job at a time so queueing does not pollute the latencies.
+        dispatch, round_trip = [], []
+        for _ in range(args.jobs):
+            t0 = time.perf_counter()
+            created = (
+                await jobs.CreateJob(job_service_pb2.CreateJobRequest(image=image), metadata=md)
+            ).job
+            final = None
+            async for message in notifier.WatchJob(
+                notifier_service_pb2.WatchJobRequest(job_id=created.id), metadata=md
+            ):
+                final = message.job
+            round_trip.append((time.perf_counter() - t0) * 1000)
+            assert final is not None and final.status == job_pb2.JOB_STATUS_SUCCEEDED, final
+            # Both stamps come from Postgres' clock: creation, and the worker's claim.
+            start = final.start_time.ToNanoseconds() - final.create_time.ToNanoseconds()
+            dispatch.append(start / 1e6)
+        print(
+            f"dispatch (create -> worker claims), ms: p50 {percentile(dispatch, 50):6.1f}  "
+            f"p99 {percentile(dispatch, 99):6.1f}   (goal p99 <= 25)"
+        )
+        print(
+            f"round trip (create -> watcher sees SUCCEEDED), ms: p50 "
+            f"{percentile(round_trip, 50):6.1f}  p99 {percentile(round_trip, 99):6.1f}"
+            f"   (goal p50 <= 50)"
+        )
+        print(
+            f"(jobs timed: {len(round_trip)}; mean round trip {statistics.mean(round_trip):.1f} ms)"
+        )
+
+
+async def drain(jobs: job_service_pb2_grpc.JobServiceStub, md: tuple) -> None:
+    for status in (job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING):
+        while True:
+            page = await jobs.ListJobs(
+                job_service_pb2.ListJobsRequest(page_size=1, status=status), metadata=md
+            )
+            if not page.jobs:
+                break
+            await asyncio.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)))
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", 200)))
+    args = parser.parse_args()
+
+    from services.devstack import bench_stack
+
+    with ExitStack() as stack:
+        addrs = bench_stack(stack)
+        bare_addr = start_bare_server(stack)
+        asyncio.run(
+            measure(addrs.job_service_addr, addrs.notifier_addr, addrs.token, bare_addr, args)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Turning failures into gRPC statuses the way Google's API guidelines do.
+
+Handlers raise `RpcError`; the server's interceptor turns it into a status with
+google.rpc details (BadRequest for bad fields, RetryInfo where a retry makes sense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class RpcError(Exception):
+    code: grpc.StatusCode
+    message: str
+    violations: list[tuple[str, str]] = field(default_factory=list)  # (field, description)
+    retry_after_seconds: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def to_status(self) -> grpc.Status:
+        details = []
+        if self.violations:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in self.violations
+                ]
+            )
+            details.append(_pack(bad))
+        if self.retry_after_seconds is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        status = status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=details
+        )
+        return rpc_status.to_status(status)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def invalid_argument(violations: list[tuple[str, str]]) -> RpcError:
+    summary = "; ".join(f"{f}: {d}" for f, d in violations)
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, summary, violations)
+
+
+def not_found(what: str) -> RpcError:
+    return RpcError(grpc.StatusCode.NOT_FOUND, f"{what} not found")
+
+
+def failed_precondition(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def unavailable(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[tuple[str, str]]:
+    """The BadRequest field violations carried by a failed call, for clients and tests."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found: list[tuple[str, str]] = []
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found += [(v.field, v.description) for v in bad.field_violations]
+    return found

@@ -1,0 +1,302 @@
+"""The three services as child processes, wired to the dependencies, each on a free local port
+and ready once its gRPC health check answers SERVING."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.auth import WORKER_ROLE, mint_token
+from services.devstack.deps import HOST, Dependencies
+from services.devstack.procs import (
+    ManagedProcess,
+    StartupError,
+    free_port,
+    reap_stale,
+    stop_all,
+    wait_until,
+)
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_SUBJECT = "media-worker"
+WORKER_TOKEN_TTL_SECONDS = 30 * 24 * 3600  # a long-lived `make up` stack must not lose its worker
+DEFAULT_START_TIMEOUT = 60.0
+_PORT_ATTEMPTS = 3
+
+# A fresh channel per probe would work too, but this keeps reconnects fast while the server boots.
+_PROBE_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def health_serving(addr: str, timeout: float = 1.0, channel: grpc.Channel | None = None) -> bool:
+    """True when the server at `addr` answers the standard health check with SERVING."""
+    own = channel is None
+    ch = channel or grpc.insecure_channel(addr, options=_PROBE_OPTIONS)
+    try:
+        response = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+        )
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        if own:
+            ch.close()
+
+
+@dataclass
+class ServiceProcess:
+    """One service: `python -m <module>` listening on `addr`."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    log_dir: Path
+    addr: str = ""
+    pid_dir: Path | None = None
+    process: ManagedProcess | None = field(default=None, repr=False)
+    _ever_ready: bool = field(default=False, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def spawn(self) -> None:
+        if not self.addr:
+            self.addr = f"{HOST}:{free_port(HOST)}"
+        env = dict(self.env)
+        env["LISTEN_ADDR"] = self.addr
+        self.process = ManagedProcess(
+            name=self.name,
+            argv=[sys.executable, "-m", self.module],
+            log_path=self.log_dir / f"{self.name}.log",
+            env=env,
+            cwd=REPO_ROOT,
+            pid_path=self.pid_dir / f"{self.name}.pid" if self.pid_dir else None,
+        )
+        self.process.spawn()
+
+    def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        assert self.process is not None
+        for attempt in range(_PORT_ATTEMPTS):
+            channel = grpc.insecure_channel(self.addr, options=_PROBE_OPTIONS)
+
+            def serving(channel: grpc.Channel = channel) -> bool:
+                return health_serving(self.addr, 0.5, channel)
+
+            try:
+                wait_until(self.process, serving, timeout, interval=0.05)
+                self._ever_ready = True
+                return
+            except StartupError as exc:
+                # Someone took the port since we checked it: move to another one, unless
+                # clients already know this address (a restart).
+                tail = exc.log_tail.lower()
+                taken = "address already in use" in tail or "failed to bind" in tail
+                if not taken or self._ever_ready or attempt + 1 == _PORT_ATTEMPTS:
+                    raise
+                self.process.stop(2)
+                self.addr = ""
+                self.spawn()
+            finally:
+                channel.close()
+
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        self.spawn()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop(2)
+            raise
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash (fault tests)."""
+        if self.process is not None:
+            self.process.kill()
+
+    def restart(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """Stops and starts it again on the same address."""
+        self.stop()
+        self.start(timeout)
+
+
+@dataclass
+class Services:
+    job_service: ServiceProcess
+    notifier: ServiceProcess | None  # None only while start_services is still starting it
+    workers: list[ServiceProcess]
+    _worker_env: dict[str, str] = field(repr=False, default_factory=dict)
+    _log_dir: Path = field(repr=False, default=Path("."))
+    _pid_dir: Path | None = field(repr=False, default=None)
+    _next_worker: int = field(repr=False, default=1)
+
+    @property
+    def job_service_addr(self) -> str:
+        return self.job_service.addr
+
+    @property
+    def notifier_addr(self) -> str:
+        return self.notifier.addr if self.notifier else ""
+
+    @property
+    def procs(self) -> list[ServiceProcess]:
+        return [p for p in (self.job_service, self.notifier, *self.workers) if p is not None]
+
+    def worker_procs(self) -> list[ServiceProcess]:
+        return list(self.workers)
+
+    def worker_addrs(self) -> list[str]:
+        """Each worker's health/reflection address."""
+        return [w.addr for w in self.workers]
+
+    def env(self) -> dict[str, str]:
+        """What a client (mediactl, tests, the benchmark) needs besides its token."""
+        return {"JOB_SERVICE_ADDR": self.job_service_addr, "NOTIFIER_ADDR": self.notifier_addr}
+
+    def _new_worker(self, extra_env: Mapping[str, str] | None) -> ServiceProcess:
+        worker = ServiceProcess(
+            name=f"media_worker-{self._next_worker}",
+            module="services.media_worker",
+            env={**self._worker_env, **(extra_env or {})},
+            log_dir=self._log_dir,
+            pid_dir=self._pid_dir,
+        )
+        self._next_worker += 1
+        return worker
+
+    def add_worker(
+        self, extra_env: Mapping[str, str] | None = None, *, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> ServiceProcess:
+        """Starts one more worker and waits until it is healthy."""
+        worker = self._new_worker(extra_env)
+        worker.start(timeout)
+        self.workers.append(worker)
+        return worker
+
+    def kill_worker(self, index: int = 0) -> ServiceProcess:
+        worker = self.workers[index]
+        worker.kill()
+        return worker
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the workers and the notifier together, then to job_service (which the
+        workers still report to while they drain); SIGKILL to whatever outlasts `timeout`."""
+        clients = [p.process for p in self.procs if p is not self.job_service and p.process]
+        stop_all(clients, timeout)
+        if self.job_service.process is not None:
+            stop_all([self.job_service.process], timeout)
+
+
+def service_env(
+    deps: Dependencies, *, log_level: str | None = None, extra_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment every service starts from: ours, the dependencies', local defaults."""
+    env = dict(os.environ)
+    env.update(deps.env())
+    env.update(
+        {
+            "S3_BUCKET": "media",
+            "S3_CREATE_BUCKET": "true",
+            "LOG_LEVEL": log_level or os.environ.get("LOG_LEVEL", "INFO"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # A local stop should not wait 20 s for a demo job to drain (and must stay well inside
+    # Services.stop's timeout, after which everything is SIGKILLed).
+    env.setdefault("SHUTDOWN_GRACE_SECONDS", "5")
+    env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "5")
+    env.update(extra_env or {})
+    return env
+
+
+def start_services(
+    run_dir: Path,
+    deps: Dependencies,
+    secret: str,
+    *,
+    workers: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+) -> Services:
+    """Starts job_service, then the notifier and `workers` workers in parallel; returns once
+    every one of them reports SERVING. Logs go to run_dir/logs/<name>.log."""
+    started = time.monotonic()
+    log_dir = run_dir.resolve() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pid_dir = run_dir.resolve() / "pids"
+    pid_dir.mkdir(exist_ok=True)
+    for stale in pid_dir.glob("*.pid"):
+        reap_stale(stale)  # left by a run that died without stopping its services
+    base = service_env(deps, extra_env=extra_env)
+    audience = base.get("AUTH_AUDIENCE", "") or "media"
+    issuer = base.get("AUTH_ISSUER", "")
+    worker_token = mint_token(
+        secret,
+        WORKER_SUBJECT,
+        roles=(WORKER_ROLE,),
+        audience=audience,
+        issuer=issuer,
+        ttl_seconds=WORKER_TOKEN_TTL_SECONDS,
+    )
+    job_service = ServiceProcess(
+        name="job_service",
+        module="services.job_service",
+        env={**base, "AUTH_JWT_SECRET": secret},
+        log_dir=log_dir,
+        pid_dir=pid_dir,
+    )
+    services = Services(
+        job_service=job_service, notifier=None, workers=[], _log_dir=log_dir, _pid_dir=pid_dir
+    )
+    try:
+        # job_service first: it migrates the database and creates the streams the others use.
+        job_service.start(timeout)
+        # Clients of job_service never need the signing secret.
+        client_env = {k: v for k, v in base.items() if k != "AUTH_JWT_SECRET"}
+        client_env["JOB_SERVICE_ADDR"] = job_service.addr
+        services.notifier = ServiceProcess(
+            name="notifier",
+            module="services.notifier",
+            env=client_env,
+            log_dir=log_dir,
+            pid_dir=pid_dir,
+        )
+        services._worker_env = {**client_env, "WORKER_TOKEN": worker_token}
+        services.workers = [services._new_worker(None) for _ in range(workers)]
+        later = [services.notifier, *services.workers]  # start together, wait together
+        for proc in later:
+            proc.spawn()
+        for proc in later:
+            proc.wait_ready(timeout)
+    except BaseException:
+        services.stop(5)
+        raise
+    log.info(
+        "services ready in %.2f s: job_service %s, notifier %s, %d worker(s)",
+        time.monotonic() - started,
+        services.job_service_addr,
+        services.notifier_addr,
+        len(services.workers),
+    )
+    return services

@@ -1,0 +1,174 @@
+"""JobService: the client API. Every call is authenticated; a user only ever sees their own
+jobs (another user's job answers NOT_FOUND, not PERMISSION_DENIED, so IDs leak nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from typing import Any
+
+import grpc
+from botocore.exceptions import BotoCoreError, ClientError
+
+from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from services.common.auth import Identity, TokenVerifier
+from services.common.errors import invalid_argument, not_found, unavailable
+from services.common.ids import uuid7
+from services.job_service import validation
+from services.job_service.database import call
+from services.job_service.records import digest
+from services.job_service.settings import Limits
+from services.job_service.store import NewJob, Store
+from services.job_service.urls import UrlSigner
+
+log = logging.getLogger(__name__)
+
+_KINDS = {"image": job_pb2.MEDIA_KIND_IMAGE, "video": job_pb2.MEDIA_KIND_VIDEO}
+
+
+class JobApi(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        verifier: TokenVerifier,
+        signer: UrlSigner,
+        limits: Limits,
+        s3: Any,
+        bucket: str,
+    ) -> None:
+        self._store = store
+        self._verifier = verifier
+        self._signer = signer
+        self._limits = limits
+        self._s3 = s3
+        self._bucket = bucket
+
+    def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        return self._verifier.from_metadata(context.invocation_metadata())
+
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.CreateJobResponse:
+        job_id = uuid7()  # the job's one ID, minted before anything else happens
+        who = self._identity(context)
+        if _has_input_image(request):
+            # Decoding an image is CPU work; keep it off the event loop.
+            valid = await asyncio.to_thread(validation.create_request, request, self._limits)
+        else:
+            valid = validation.create_request(request, self._limits)
+        request_digest = digest(valid)
+        request_id = valid.request_id or None
+        if request_id is not None:
+            found = await call(self._store.find_by_request_id, who.subject, request_id)
+            if found is not None:
+                return self._replay(found[0], found[1], request_digest)
+        kind_name = valid.WhichOneof("params")
+        params = getattr(valid, kind_name)
+        if params.HasField("input_image"):
+            await self._store_input_image(job_id, params.input_image)
+        new = NewJob(
+            id=job_id,
+            owner=who.subject,
+            request_id=request_id,
+            request_digest=request_digest,
+            kind=_KINDS[kind_name],
+            params=params,
+        )
+        job, created = await call(self._store.create_job, new)
+        if not created:
+            return self._replay(job, None, None)
+        log.info("job created", extra={"job_id": job.id, "kind": kind_name})
+        return job_service_pb2.CreateJobResponse(job=job, created=True)
+
+    def _replay(
+        self, job: job_pb2.Job, stored: bytes | None, sent: bytes | None
+    ) -> job_service_pb2.CreateJobResponse:
+        if stored is not None and sent is not None and stored != sent:
+            raise invalid_argument(
+                [("request_id", "was already used for a request with different parameters")]
+            )
+        return job_service_pb2.CreateJobResponse(job=self._signer.sign(job), created=False)
+
+    async def _store_input_image(self, job_id: uuid.UUID, image: job_pb2.InputImage) -> None:
+        key = f"jobs/{job_id}/input"
+        try:
+            await asyncio.to_thread(
+                self._s3.put_object,
+                Bucket=self._bucket,
+                Key=key,
+                Body=image.data,
+                ContentType=image.mime_type,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise unavailable("object storage is unavailable; retry later") from exc
+        image.data = b""
+        image.bucket, image.key = self._bucket, key
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.GetJobResponse:
+        who = self._identity(context)
+        job_id = validation.job_id(request.job_id)
+        job = await call(self._store.get_job, job_id, who.subject)
+        if job is None:
+            raise not_found(f"job {request.job_id}")
+        return job_service_pb2.GetJobResponse(job=self._signer.sign(job))
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.ListJobsResponse:
+        who = self._identity(context)
+        page_size = validation.list_request(request, self._limits)
+        before = _decode_token(request) if request.page_token else None
+        # One extra row tells whether another page exists.
+        found = await call(
+            self._store.list_jobs,
+            who.subject,
+            limit=page_size + 1,
+            before=before,
+            kind=request.kind,
+            status=request.status,
+        )
+        page = found[:page_size]
+        response = job_service_pb2.ListJobsResponse(jobs=[self._signer.sign(j) for j in page])
+        if len(found) > page_size:
+            response.next_page_token = _encode_token(request, page[-1].id)
+        return response
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.CancelJobResponse:
+        who = self._identity(context)
+        job_id = validation.job_id(request.job_id)
+        job = await call(self._store.cancel_job, job_id, who.subject)
+        log.info("job canceled", extra={"job_id": job.id})
+        return job_service_pb2.CancelJobResponse(job=self._signer.sign(job))
+
+
+def _has_input_image(request: job_service_pb2.CreateJobRequest) -> bool:
+    which = request.WhichOneof("params")
+    return which is not None and getattr(request, which).HasField("input_image")
+
+
+def _encode_token(request: job_service_pb2.ListJobsRequest, last_id: str) -> str:
+    # The filters travel in the token so a page cannot be continued under other filters.
+    raw = f"1:{request.kind}:{request.status}:{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(request: job_service_pb2.ListJobsRequest) -> uuid.UUID:
+    token = request.page_token
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, kind, status, last_id = raw.split(":")
+        parsed = uuid.UUID(last_id)
+        ok = version == "1" and int(kind) == request.kind and int(status) == request.status
+    except ValueError:
+        ok = False
+    if not ok:
+        raise invalid_argument(
+            [("page_token", "is not a token from a ListJobs call with the same filters")]
+        )
+    return parsed

@@ -1,0 +1,82 @@
+"""The tables job_service owns. Migrations under migrations/ create them; keep both in step."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # UUIDv7: time-ordered
+    Column("owner", Text, nullable=False),
+    Column("request_id", Text),
+    Column("request_digest", LargeBinary),  # sha256 of the parameters, to spot a reused request_id
+    Column("kind", SmallInteger, nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("progress", SmallInteger, nullable=False, server_default="0"),
+    Column("status_message", Text, nullable=False, server_default=""),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("params", LargeBinary, nullable=False),  # ImageParams or VideoParams, serialized
+    Column("model", Text, nullable=False, server_default=""),
+    Column("error_code", SmallInteger, nullable=False, server_default="0"),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("result_digest", LargeBinary),  # sha256 of the CompleteJob result that finished it
+    Column("generation_ms", BigInteger),
+    Column("version", BigInteger, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("jobs_owner_id", "owner", text("id DESC")),
+    Index(
+        "jobs_owner_request_id",
+        "owner",
+        "request_id",
+        unique=True,
+        postgresql_where=text("request_id IS NOT NULL"),
+    ),
+)
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("job_id", Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", SmallInteger, primary_key=True),
+    Column("bucket", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("byte_size", BigInteger, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("duration_seconds", Double, nullable=False, server_default="0"),
+    Column("sha256", Text, nullable=False),
+)
+
+# Rows waiting to be published to JetStream; the relay deletes them once NATS acknowledged.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

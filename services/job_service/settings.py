@@ -1,0 +1,88 @@
+"""job_service settings, all from the environment (see the README's table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import (
+    AuthSettings,
+    S3Settings,
+    ServerSettings,
+    SettingsError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+IMAGE_MODELS = (
+    "gemini-2.5-flash-image",
+    "gemini-3-pro-image-preview",
+    "imagen-4.0-generate-001",
+    "imagen-4.0-fast-generate-001",
+    "imagen-4.0-ultra-generate-001",
+    "imagen-3.0-generate-002",
+    "local",
+)
+VIDEO_MODELS = (
+    "veo-3.1-generate-preview",
+    "veo-3.1-fast-generate-preview",
+    "veo-3.0-generate-001",
+    "veo-3.0-fast-generate-001",
+    "veo-2.0-generate-001",
+    "local",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int
+    max_input_image_bytes: int
+    max_page_size: int
+    image_models: tuple[str, ...]
+    video_models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobServiceSettings:
+    database_url: str
+    nats_url: str
+    s3: S3Settings
+    server: ServerSettings
+    auth: AuthSettings
+    limits: Limits
+    db_pool_size: int
+    migrate_on_start: bool
+    max_attempts: int
+    presign_ttl_seconds: int
+    outbox_batch: int
+    outbox_poll_seconds: float
+
+    @classmethod
+    def from_env(cls) -> JobServiceSettings:
+        database_url = env_str("DATABASE_URL")
+        if not database_url:
+            raise SettingsError("DATABASE_URL must be set")
+        return cls(
+            database_url=database_url,
+            nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
+            s3=S3Settings.from_env(),
+            server=ServerSettings.from_env(default_port=50051),
+            auth=AuthSettings.from_env(),
+            limits=Limits(
+                max_prompt_chars=env_int("MAX_PROMPT_CHARS", 8000, minimum=1),
+                max_input_image_bytes=env_int(
+                    "MAX_INPUT_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1024
+                ),
+                max_page_size=env_int("MAX_PAGE_SIZE", 100, minimum=1),
+                image_models=env_list("IMAGE_MODELS", IMAGE_MODELS),
+                video_models=env_list("VIDEO_MODELS", VIDEO_MODELS),
+            ),
+            db_pool_size=env_int("DB_POOL_SIZE", 10, minimum=1),
+            migrate_on_start=env_bool("MIGRATE_ON_START", True),
+            max_attempts=env_int("MAX_ATTEMPTS", 3, minimum=1),
+            presign_ttl_seconds=env_int("PRESIGN_TTL_SECONDS", 3600, minimum=1),
+            outbox_batch=env_int("OUTBOX_BATCH", 256, minimum=1),
+            outbox_poll_seconds=env_float("OUTBOX_POLL_SECONDS", 1.0),
+        )

@@ -1,0 +1,238 @@
+"""Checks every field of a client request; returns the normalized request or raises
+INVALID_ARGUMENT naming each offending field. Nothing is written before this passes."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import warnings
+
+from PIL import Image
+
+from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
+from services.common.errors import invalid_argument
+from services.common.ids import parse_uuid
+from services.job_service.settings import Limits
+
+IMAGE_SIZES = (
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "832x1248",
+    "1248x832",
+    "864x1184",
+    "1184x864",
+    "896x1152",
+    "1152x896",
+    "768x1344",
+    "1344x768",
+    "1536x672",
+)
+DEFAULT_IMAGE_SIZE = "1024x1024"
+MAX_IMAGES = 4
+MAX_VIDEOS = 4
+VIDEO_DURATIONS = range(4, 9)
+DEFAULT_VIDEO_SECONDS = 8
+MAX_REQUEST_ID_CHARS = 128
+MAX_INPUT_IMAGE_PIXELS = 50_000_000
+_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+Violations = list[tuple[str, str]]
+
+
+def job_id(value: str, field: str = "job_id") -> uuid.UUID:
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise invalid_argument([(field, "must be a job ID (a UUID such as CreateJob returned)")])
+    return parsed
+
+
+def create_request(
+    request: job_service_pb2.CreateJobRequest, limits: Limits
+) -> job_service_pb2.CreateJobRequest:
+    """A copy with defaults filled in; the input image's mime type is set from its bytes."""
+    out = job_service_pb2.CreateJobRequest()
+    out.CopyFrom(request)
+    bad: Violations = []
+    if out.request_id:
+        rid = out.request_id
+        if len(rid) > MAX_REQUEST_ID_CHARS or not all(0x21 <= ord(c) <= 0x7E for c in rid):
+            bad.append(
+                ("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters")
+            )
+    which = out.WhichOneof("params")
+    if which == "image":
+        _image(out.image, limits, bad)
+    elif which == "video":
+        _video(out.video, limits, bad)
+    else:
+        bad.append(("params", "one of image or video is required"))
+    if bad:
+        raise invalid_argument(bad)
+    return out
+
+
+def _image(p: job_pb2.ImageParams, limits: Limits, bad: Violations) -> None:
+    _text(p.prompt, "image.prompt", limits.max_prompt_chars, bad, required=True)
+    if p.HasField("input_image"):
+        _input_image(p.input_image, "image.input_image", limits, bad)
+    if not 0 <= p.number_of_images <= MAX_IMAGES:
+        bad.append(("image.number_of_images", f"must be between 1 and {MAX_IMAGES}"))
+    p.number_of_images = p.number_of_images or 1
+    if p.size and p.size not in IMAGE_SIZES:
+        bad.append(("image.size", f"must be one of {', '.join(IMAGE_SIZES)}"))
+    p.size = p.size or DEFAULT_IMAGE_SIZE
+    _enum(p.format, job_pb2.ImageFormat, "image.format", bad)
+    p.format = p.format or job_pb2.IMAGE_FORMAT_PNG
+    _enum(p.style, job_pb2.ImageStyle, "image.style", bad)
+    _enum(p.quality, job_pb2.ImageQuality, "image.quality", bad)
+    p.quality = p.quality or job_pb2.IMAGE_QUALITY_STANDARD
+    if p.model and p.model not in limits.image_models:
+        bad.append(("image.model", f"must be one of {', '.join(limits.image_models)}"))
+
+
+def _video(p: job_pb2.VideoParams, limits: Limits, bad: Violations) -> None:
+    _text(p.prompt, "video.prompt", limits.max_prompt_chars, bad, required=True)
+    _text(p.negative_prompt, "video.negative_prompt", limits.max_prompt_chars, bad)
+    if p.HasField("input_image"):
+        _input_image(p.input_image, "video.input_image", limits, bad)
+    _enum(p.aspect_ratio, job_pb2.AspectRatio, "video.aspect_ratio", bad)
+    p.aspect_ratio = p.aspect_ratio or job_pb2.ASPECT_RATIO_16_9
+    if p.duration_seconds and p.duration_seconds not in VIDEO_DURATIONS:
+        bad.append(
+            (
+                "video.duration_seconds",
+                f"must be between {VIDEO_DURATIONS.start} and {VIDEO_DURATIONS.stop - 1}",
+            )
+        )
+    p.duration_seconds = p.duration_seconds or DEFAULT_VIDEO_SECONDS
+    if not 0 <= p.number_of_videos <= MAX_VIDEOS:
+        bad.append(("video.number_of_videos", f"must be between 1 and {MAX_VIDEOS}"))
+    p.number_of_videos = p.number_of_videos or 1
+    _enum(p.person_generation, job_pb2.PersonGeneration, "video.person_generation", bad)
+    if p.model and p.model not in limits.video_models:
+        bad.append(("video.model", f"must be one of {', '.join(limits.video_models)}"))
+
+
+def _text(value: str, field: str, limit: int, bad: Violations, *, required: bool = False) -> None:
+    if required and not value.strip():
+        bad.append((field, "must not be empty"))
+    elif len(value) > limit:
+        bad.append((field, f"must be at most {limit} characters (got {len(value)})"))
+    elif "\x00" in value:
+        bad.append((field, "must not contain NUL characters"))
+
+
+def _enum(value: int, enum: object, field: str, bad: Violations) -> None:
+    if value not in enum.values():  # type: ignore[attr-defined]
+        names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))  # type: ignore[attr-defined]
+        bad.append((field, f"unknown value {value}; must be one of {names}"))
+
+
+def _input_image(img: job_pb2.InputImage, field: str, limits: Limits, bad: Violations) -> None:
+    if img.bucket or img.key:
+        bad.append((f"{field}.key", "is set by the service; send data and mime_type only"))
+    if not img.data:
+        bad.append((f"{field}.data", "must not be empty"))
+        return
+    if len(img.data) > limits.max_input_image_bytes:
+        bad.append(
+            (
+                f"{field}.data",
+                f"must be at most {limits.max_input_image_bytes} bytes (got {len(img.data)})",
+            )
+        )
+        return
+    fmt = sniff_image(img.data)
+    if fmt is None:
+        bad.append((f"{field}.data", "is not a PNG, JPEG or WEBP image"))
+        return
+    if img.mime_type and img.mime_type != _IMAGE_MIME[fmt]:
+        bad.append((f"{field}.mime_type", f"is {img.mime_type} but the data is {_IMAGE_MIME[fmt]}"))
+    img.mime_type = _IMAGE_MIME[fmt]
+
+
+def sniff_image(data: bytes) -> str | None:
+    """PNG, JPEG or WEBP when the bytes decode as one of them, else None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(_IMAGE_MIME)) as image:
+                if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
+                    return None
+                fmt = image.format
+                image.verify()
+    except Exception:
+        return None
+    return fmt if fmt in _IMAGE_MIME else None
+
+
+def list_request(request: job_service_pb2.ListJobsRequest, limits: Limits) -> int:
+    """The page size to use."""
+    bad: Violations = []
+    if request.page_size < 0:
+        bad.append(("page_size", "must not be negative"))
+    _enum(request.kind, job_pb2.MediaKind, "kind", bad)
+    _enum(request.status, job_pb2.JobStatus, "status", bad)
+    if bad:
+        raise invalid_argument(bad)
+    # Larger pages are coerced to the maximum, as Google's AIP-158 asks.
+    return min(request.page_size or 20, limits.max_page_size)
+
+
+def progress_request(request: worker_service_pb2.ReportProgressRequest) -> uuid.UUID:
+    bad: Violations = []
+    parsed = parse_uuid(request.job_id)
+    if parsed is None:
+        bad.append(("job_id", "must be a job ID"))
+    if request.attempt < 0:
+        bad.append(("attempt", "must not be negative"))
+    if not 0 <= request.progress <= 100:
+        bad.append(("progress", "must be between 0 and 100"))
+    if len(request.message) > 500 or "\x00" in request.message:
+        bad.append(("message", "must be at most 500 characters, without NUL"))
+    if bad:
+        raise invalid_argument(bad)
+    assert parsed is not None
+    return parsed
+
+
+def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUID:
+    bad: Violations = []
+    parsed = parse_uuid(request.job_id)
+    if parsed is None:
+        bad.append(("job_id", "must be a job ID"))
+    if request.attempt <= 0:
+        bad.append(("attempt", "must be the attempt number the claim returned"))
+    which = request.WhichOneof("result")
+    if which == "success":
+        s = request.success
+        if not s.outputs:
+            bad.append(("success.outputs", "must not be empty"))
+        if sorted(o.index for o in s.outputs) != list(range(len(s.outputs))):
+            bad.append(("success.outputs.index", "must number the outputs 0, 1, 2, ..."))
+        for i, o in enumerate(s.outputs):
+            where = f"success.outputs[{i}]"
+            for name in ("bucket", "key", "content_type", "sha256"):
+                value = getattr(o, name)
+                if not value or "\x00" in value or len(value) > 1024:
+                    bad.append((f"{where}.{name}", "must be set (at most 1024 characters)"))
+            if o.byte_size <= 0 or o.width <= 0 or o.height <= 0 or o.duration_seconds < 0:
+                bad.append((where, "byte_size, width and height must be positive"))
+            if o.url:
+                bad.append((f"{where}.url", "is minted at read time and must not be sent"))
+        for name in ("model", "status_message"):
+            if len(getattr(s, name)) > 500 or "\x00" in getattr(s, name):
+                bad.append((f"success.{name}", "must be at most 500 characters, without NUL"))
+    elif which == "failure":
+        f = request.failure
+        if not f.code or f.code not in job_pb2.ErrorCode.values():
+            bad.append(("failure.code", "must be a known error code"))
+        if "\x00" in f.message:
+            bad.append(("failure.message", "must not contain NUL characters"))
+    else:
+        bad.append(("result", "one of success or failure is required"))
+    if bad:
+        raise invalid_argument(bad)
+    assert parsed is not None
+    return parsed

@@ -1,0 +1,66 @@
+"""WorkerService: how media workers move a job along. Only worker credentials may call it."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from media.v1 import worker_service_pb2, worker_service_pb2_grpc
+from services.common.auth import TokenVerifier
+from services.common.errors import RpcError
+from services.job_service import validation
+from services.job_service.database import call
+from services.job_service.records import status_name
+from services.job_service.store import Store
+
+log = logging.getLogger(__name__)
+
+_MAX_FAILURE_MESSAGE = 2000
+
+
+class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, store: Store, verifier: TokenVerifier) -> None:
+        self._store = store
+        self._verifier = verifier
+
+    def _require_worker(self, context: grpc.aio.ServicerContext) -> None:
+        who = self._verifier.from_metadata(context.invocation_metadata())
+        if not who.is_worker:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED, "WorkerService needs a worker credential"
+            )
+
+    async def ReportProgress(
+        self, request: worker_service_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
+    ) -> worker_service_pb2.ReportProgressResponse:
+        self._require_worker(context)
+        job_id = validation.progress_request(request)
+        if request.attempt == 0:
+            job = await call(self._store.claim, job_id)
+            log.info("job started", extra={"job_id": job.id, "attempt": job.attempt})
+        else:
+            job = await call(
+                self._store.report_progress,
+                job_id,
+                request.attempt,
+                request.progress,
+                request.message,
+            )
+        return worker_service_pb2.ReportProgressResponse(job=job)
+
+    async def CompleteJob(
+        self, request: worker_service_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> worker_service_pb2.CompleteJobResponse:
+        self._require_worker(context)
+        validation.complete_request(request)
+        if request.HasField("failure"):
+            # An error text is for people; a worker must not be refused for a long one.
+            request.failure.message = request.failure.message[:_MAX_FAILURE_MESSAGE]
+        job = await call(self._store.complete, request)
+        log.info(
+            "job %s",
+            status_name(job.status).lower(),
+            extra={"job_id": job.id, "attempt": job.attempt, "status": status_name(job.status)},
+        )
+        return worker_service_pb2.CompleteJobResponse(job=job)

@@ -1,0 +1,58 @@
+"""`python -m services.media_worker`: consume dispatch messages until SIGTERM, then drain.
+
+Serves only gRPC health and reflection (port 50053 by default): NOT_SERVING until the worker is
+consuming and again while it shuts down, so Kubernetes probes and grpcurl see its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from services.common.config import SettingsError
+from services.common.logs import configure_logging
+from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
+from services.media_worker.settings import WorkerSettings
+from services.media_worker.worker import MediaWorker
+
+log = logging.getLogger("services.media_worker")
+
+
+async def main() -> int:
+    try:
+        settings = WorkerSettings.from_env()
+        worker = MediaWorker(settings)
+    except SettingsError as exc:
+        log.error("bad settings: %s", exc)
+        return 2
+    install_blocking_pool(settings.server.blocking_threads)
+    # Handlers go in first so a SIGTERM during start-up is a clean stop, not a kill.
+    signal_task = asyncio.create_task(wait_for_signal())
+    await asyncio.sleep(0)
+    host = ServiceHost("media_worker", settings.server)
+    await host.start()
+    await host.set_serving(False)
+    start_task = asyncio.create_task(worker.start())
+    await asyncio.wait({signal_task, start_task}, return_when=asyncio.FIRST_COMPLETED)
+    if start_task.done() and start_task.exception() is None:
+        await host.set_serving(True)
+        await signal_task
+    else:
+        start_task.cancel()
+        await asyncio.gather(start_task, return_exceptions=True)
+        if start_task.done() and not start_task.cancelled() and start_task.exception():
+            log.error("start-up failed", exc_info=start_task.exception())
+            await worker.stop()
+            await host.stop()
+            return 1
+    await host.set_serving(False)
+    await worker.stop()
+    await host.stop()
+    log.info("media worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging("media_worker")
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,197 @@
+"""Moving files between the worker and object storage: outputs up, the input image down.
+
+boto3 blocks, so every call runs through asyncio.to_thread. `upload_file` streams from disk and
+switches to multipart above the threshold, so a large video is never read into memory whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from media.v1 import job_pb2
+from services.media_worker.backoff import backoff_delay
+from services.media_worker.generators.base import GeneratedFile
+from services.media_worker.media_probe import MediaInfo, extension_for, probe_file
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class UploadError(Exception):
+    """An output could not be stored after every attempt."""
+
+
+class InputImageError(Exception):
+    """The input image could not be fetched. permanent: retrying will not help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def output_key(job_id: str, attempt: int, index: int, content_type: str) -> str:
+    # The attempt is part of the key so that a stale attempt finishing late can never overwrite
+    # the bytes a newer attempt recorded (with their sha256) for the same job.
+    return f"jobs/{job_id}/{attempt}/output-{index}.{extension_for(content_type)}"
+
+
+def _error_code(exc: BaseException) -> str:
+    while exc is not None:
+        if isinstance(exc, ClientError):
+            return str(exc.response.get("Error", {}).get("Code", ""))
+        exc = exc.__cause__ or exc.__context__  # boto3 wraps ClientError in S3UploadFailedError
+    return ""
+
+
+def _permanent(exc: Exception) -> bool:
+    if isinstance(exc, InputImageError):
+        return exc.permanent
+    return _error_code(exc) in _MISSING
+
+
+class Storage:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        attempts: int,
+        base_delay_seconds: float = 0.5,
+        max_delay_seconds: float = 8.0,
+        transfer_config: TransferConfig | None = None,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._attempts = attempts
+        self._base = base_delay_seconds
+        self._cap = max_delay_seconds
+        self._transfer = transfer_config or TransferConfig(
+            multipart_threshold=16 * 1024 * 1024,
+            multipart_chunksize=16 * 1024 * 1024,
+            max_concurrency=4,
+        )
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    async def _retry(self, what: str, job_id: str, fn: Callable[[], _T]) -> _T:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await asyncio.to_thread(fn)
+            except Exception as exc:
+                if attempt == self._attempts or _permanent(exc):
+                    raise
+                delay = backoff_delay(attempt, self._base, self._cap)
+                log.warning(
+                    "%s failed (attempt %d of %d), retrying in %.2f s: %s",
+                    what,
+                    attempt,
+                    self._attempts,
+                    delay,
+                    exc,
+                    extra={"job_id": job_id},
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def upload_one(
+        self, job_id: str, attempt: int, index: int, path: Path, info: MediaInfo
+    ) -> job_pb2.Output:
+        key = output_key(job_id, attempt, index, info.content_type)
+
+        def upload() -> None:
+            self._client.upload_file(
+                str(path),
+                self._bucket,
+                key,
+                ExtraArgs={"ContentType": info.content_type},
+                Config=self._transfer,
+            )
+
+        try:
+            await self._retry(f"upload of {key}", job_id, upload)
+        except Exception as exc:
+            raise UploadError(f"could not store output {index} at {key}: {exc}") from exc
+        log.info(
+            "output stored",
+            extra={"job_id": job_id, "key": key, "bytes": info.byte_size},
+        )
+        return job_pb2.Output(
+            index=index,
+            bucket=self._bucket,
+            key=key,
+            content_type=info.content_type,
+            byte_size=info.byte_size,
+            width=info.width,
+            height=info.height,
+            duration_seconds=info.duration_seconds,
+            sha256=info.sha256,
+        )
+
+    async def store_outputs(
+        self, job_id: str, attempt: int, files: list[GeneratedFile]
+    ) -> list[job_pb2.Output]:
+        """Probes every file (raising ProbeError on a bad one) and uploads them concurrently.
+
+        All files are probed before the first upload, so a bad file stores nothing.
+        """
+        infos = await asyncio.gather(
+            *(asyncio.to_thread(probe_file, f.path, f.content_type) for f in files)
+        )
+        tasks = [
+            asyncio.create_task(self.upload_one(job_id, attempt, index, f.path, info))
+            for index, (f, info) in enumerate(zip(files, infos, strict=True))
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One failed (or we were cancelled): stop the rest and raise the first error as is.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def download_input(
+        self, job_id: str, bucket: str, key: str, max_bytes: int
+    ) -> tuple[bytes, str]:
+        """The input image's bytes and stored content type, refusing anything over max_bytes."""
+
+        def download() -> tuple[bytes, str]:
+            response = self._client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
+            try:
+                length = int(response.get("ContentLength") or 0)
+                if length > max_bytes:
+                    raise InputImageError(
+                        f"input image is {length} bytes, over the {max_bytes} byte limit",
+                        permanent=True,
+                    )
+                # Read one byte past the cap so a store that misreports the length is caught too.
+                data = body.read(max_bytes + 1)
+            finally:
+                body.close()
+            if len(data) > max_bytes:
+                raise InputImageError(
+                    f"input image is over the {max_bytes} byte limit", permanent=True
+                )
+            return data, str(response.get("ContentType") or "")
+
+        try:
+            return await self._retry(f"download of {bucket}/{key}", job_id, download)
+        except InputImageError:
+            raise
+        except Exception as exc:
+            missing = _error_code(exc) in _MISSING
+            raise InputImageError(
+                f"could not fetch the input image {bucket}/{key}: {exc}", permanent=missing
+            ) from exc

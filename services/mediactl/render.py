@@ -1,0 +1,223 @@
+"""Human-readable output: job details, the job table, and the live watch display.
+
+Everything except `WatchDisplay` is a pure function returning text, so it can be tested as is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC
+from typing import TextIO
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from media.v1 import job_pb2
+
+BAR_WIDTH = 10
+TERMINAL_STATUSES = frozenset(
+    {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
+)
+
+
+def to_json(message: Message, *, compact: bool = False) -> str:
+    # Fields at their default (progress 0, attempt 0) are printed too, so scripts can rely on them.
+    return json_format.MessageToJson(
+        message, indent=None if compact else 2, always_print_fields_with_no_presence=True
+    )
+
+
+def status_name(status: int) -> str:
+    return job_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
+
+
+def kind_name(kind: int) -> str:
+    return job_pb2.MediaKind.Name(kind).removeprefix("MEDIA_KIND_").lower()
+
+
+def error_code_name(code: int) -> str:
+    return job_pb2.ErrorCode.Name(code).removeprefix("ERROR_CODE_")
+
+
+def progress_bar(progress: int, width: int = BAR_WIDTH) -> str:
+    """`[#####.....]` for 50; out-of-range values are clamped rather than trusted."""
+    filled = max(0, min(width, progress * width // 100))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def progress_line(job: job_pb2.Job) -> str:
+    """`[#####.....]  50% RUNNING generating frame 12/96`"""
+    line = f"{progress_bar(job.progress)} {job.progress:>3}% {status_name(job.status)}"
+    return f"{line} {one_line(job.status_message)}" if job.status_message else line
+
+
+def status_line(job: job_pb2.Job) -> str:
+    """One log line per status change, for output that is not a terminal."""
+    line = f"{status_name(job.status):<9} {job.progress:>3}%"
+    if job.attempt:
+        line += f"  attempt {job.attempt}"
+    if job.status_message:
+        line += f"  {one_line(job.status_message)}"
+    if job.status == job_pb2.JOB_STATUS_FAILED:
+        line += f"  ({job_error(job)})"
+    return line
+
+
+def one_line(text: str) -> str:
+    """Whitespace (newlines included) collapsed, so a line can be redrawn or grepped."""
+    return " ".join(text.split())
+
+
+def job_error(job: job_pb2.Job) -> str:
+    return f"{error_code_name(job.error.code)}: {job.error.message}"
+
+
+def human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def timestamp(message: Message, field: str) -> str:
+    """A Timestamp field as `2025-01-31 12:00:00Z`, or "" when it is not set."""
+    if not message.HasField(field):
+        return ""
+    value = getattr(message, field).ToDatetime(tzinfo=UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
+def prompt_of(job: job_pb2.Job) -> str:
+    which = job.WhichOneof("params")
+    return getattr(job, which).prompt if which else ""
+
+
+def render_output(output: job_pb2.Output) -> list[str]:
+    facts = [output.content_type or "?", human_bytes(output.byte_size)]
+    if output.width or output.height:
+        facts.append(f"{output.width}x{output.height}")
+    if output.duration_seconds:
+        facts.append(f"{output.duration_seconds:.1f}s")
+    lines = [f"  #{output.index}  " + ", ".join(facts)]
+    if output.sha256:
+        lines.append(f"      sha256   {output.sha256}")
+    if output.url:
+        lines.append(f"      url      {output.url}")
+        expires = timestamp(output, "url_expire_time")
+        if expires:
+            lines.append(f"      expires  {expires}")
+    else:
+        lines.append(f"      stored   s3://{output.bucket}/{output.key}")
+    return lines
+
+
+def render_job(job: job_pb2.Job) -> str:
+    rows: list[tuple[str, str]] = [
+        ("job", job.id),
+        ("kind", kind_name(job.kind)),
+        ("status", status_name(job.status)),
+        (
+            "progress",
+            f"{job.progress}%" + (f"  {job.status_message}" if job.status_message else ""),
+        ),
+        ("attempt", str(job.attempt)),
+    ]
+    if job.HasField("error") and (job.error.code or job.error.message):
+        rows.append(("error", job_error(job)))
+    if job.model:
+        rows.append(("model", job.model))
+    rows.append(("prompt", prompt_of(job)))
+    if job.request_id:
+        rows.append(("request", job.request_id))
+    for label, field in (
+        ("created", "create_time"),
+        ("started", "start_time"),
+        ("ended", "end_time"),
+        ("updated", "update_time"),
+    ):
+        if value := timestamp(job, field):
+            rows.append((label, value))
+    if job.HasField("generation_time"):
+        rows.append(("gen time", f"{job.generation_time.ToTimedelta().total_seconds():.2f}s"))
+    lines = [f"{label + ':':<10} {value}" for label, value in rows]
+    if job.outputs:
+        lines.append(f"outputs:   {len(job.outputs)}")
+        for output in sorted(job.outputs, key=lambda o: o.index):
+            lines.extend(render_output(output))
+    return "\n".join(lines)
+
+
+def render_summary(job: job_pb2.Job) -> str:
+    """One line: `<id>  image  QUEUED  0%`."""
+    return f"{job.id}  {kind_name(job.kind)}  {status_name(job.status)}  {job.progress}%"
+
+
+def render_table(jobs: list[job_pb2.Job], *, prompt_width: int = 40) -> str:
+    if not jobs:
+        return "no jobs"
+    header = ("ID", "KIND", "STATUS", "PROGRESS", "CREATED", "OUTPUTS", "PROMPT")
+    rows = [header]
+    for job in jobs:
+        prompt = one_line(prompt_of(job))
+        if len(prompt) > prompt_width:
+            prompt = prompt[: prompt_width - 1] + "…"
+        rows.append(
+            (
+                job.id,
+                kind_name(job.kind),
+                status_name(job.status),
+                f"{job.progress}%",
+                timestamp(job, "create_time"),
+                str(len(job.outputs)),
+                prompt,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
+        ).rstrip()
+        for row in rows
+    )
+
+
+class WatchDisplay:
+    """Shows a watched job as it changes.
+
+    On a terminal: a progress bar redrawn in place with \\r; a status change keeps the previous
+    line, so QUEUED -> RUNNING -> SUCCEEDED stays visible. Elsewhere (logs, CI): one line per status
+    change, no control characters.
+    """
+
+    def __init__(self, out: TextIO, *, tty: bool | None = None) -> None:
+        self._out = out
+        self._tty = out.isatty() if tty is None else tty
+        self._last: job_pb2.Job | None = None
+        self._open_line = False  # a redrawable line is on screen without its newline
+
+    def update(self, job: job_pb2.Job) -> None:
+        last, self._last = self._last, job
+        changed = last is None or last.status != job.status or last.attempt != job.attempt
+        if not self._tty:
+            if changed:
+                self._out.write(status_line(job) + "\n")
+                self._out.flush()
+            return
+        if changed and self._open_line:
+            self._out.write("\n")
+        # Truncated to the terminal width: a wrapped line cannot be redrawn with \r.
+        columns = max(20, shutil.get_terminal_size().columns - 1)
+        self._out.write("\r" + progress_line(job)[:columns] + "\x1b[K")
+        self._out.flush()
+        self._open_line = True
+
+    def end_line(self) -> None:
+        """Ends the redrawn line so that what follows starts on a fresh one."""
+        if self._open_line:
+            self._out.write("\n")
+            self._out.flush()
+            self._open_line = False

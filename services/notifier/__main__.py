@@ -1,0 +1,60 @@
+"""`python -m services.notifier`: serves NotifierService.WatchJob from JetStream status events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from media.v1 import notifier_service_pb2_grpc
+from services.common import jetstream
+from services.common.logs import configure_logging
+from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
+from services.notifier.hub import EventHub
+from services.notifier.jobs import JobReader, job_service_channel
+from services.notifier.servicer import SERVICE_NAME, NotifierService
+from services.notifier.settings import NotifierSettings
+
+log = logging.getLogger("services.notifier")
+
+
+async def serve(settings: NotifierSettings) -> None:
+    install_blocking_pool(settings.server.blocking_threads)
+    channel = job_service_channel(settings.job_service_addr, settings.server.max_message_bytes)
+    nc = await jetstream.connect(settings.nats_url, "notifier")
+    try:
+        js = nc.jetstream()
+        await jetstream.ensure_streams(js)
+        hub = EventHub(
+            js,
+            watcher_queue_size=settings.watcher_queue_size,
+            idle_heartbeat_seconds=settings.idle_heartbeat_seconds,
+        )
+        await hub.start()
+        servicer = NotifierService(
+            hub, JobReader(channel, timeout_seconds=settings.get_job_timeout_seconds)
+        )
+        host = ServiceHost("notifier", settings.server)
+        host.add(
+            SERVICE_NAME, notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server, servicer
+        )
+        await host.start()
+        await wait_for_signal()
+        # Readiness goes false first; then open watches end with UNAVAILABLE so their clients
+        # reconnect to another replica instead of waiting out the grace period.
+        await host.set_serving(False)
+        hub.close()
+        await host.stop()
+        await hub.stop()
+    finally:
+        await nc.drain()
+        await channel.close()
+    log.info("notifier stopped")
+
+
+def main() -> None:
+    configure_logging("notifier")
+    asyncio.run(serve(NotifierSettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Local stand-ins for external services, used only by tests and benchmarks (never shipped)."""
