@@ -20,8 +20,10 @@ T = TypeVar("T")
 def make_engine(url: str, pool_size: int) -> Engine:
     return create_engine(
         url,
+        # A fixed pool: overflow connections would be opened and closed under load, and each one
+        # costs Postgres a backend process.
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=5,
         pool_recycle=1800,

@@ -27,6 +27,7 @@ class OutboxRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self._done: list[int] = []  # published, to delete with the next read
 
     def notify(self) -> None:
         """Thread-safe: called by the store after a commit that wrote outbox rows."""
@@ -54,6 +55,8 @@ class OutboxRelay:
     async def drain(self) -> None:
         while await self.relay_once():
             pass
+        if self._done:
+            await asyncio.to_thread(self._store.outbox_next, self._take_done(), 0)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -77,18 +80,26 @@ class OutboxRelay:
                 self._wake.set()
 
     async def relay_once(self) -> int:
-        rows = await asyncio.to_thread(self._store.outbox_batch, self._batch)
+        """Publishes the next batch; returns how many rows it read."""
+        done = self._take_done()
+        try:
+            rows = await asyncio.to_thread(self._store.outbox_next, done, self._batch)
+        except BaseException:
+            self._done = done + self._done  # delete them next time instead
+            raise
         if not rows:
             return 0
         results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
-        done = [r.id for r, res in zip(rows, results, strict=True) if res is None]
-        if done:
-            await asyncio.to_thread(self._store.outbox_delete, done)
-            self.published += len(done)
+        self._done = [r.id for r, res in zip(rows, results, strict=True) if res is None]
+        self.published += len(self._done)
         failed = [res for res in results if isinstance(res, BaseException)]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(rows)} publishes failed: {failed[0]}")
         return len(rows)
+
+    def _take_done(self) -> list[int]:
+        done, self._done = self._done, []
+        return done
 
     async def _publish(self, row: OutboxRow) -> None:
         await self._js.publish(

@@ -79,7 +79,7 @@ class JobServiceSettings:
                 image_models=env_list("IMAGE_MODELS", IMAGE_MODELS),
                 video_models=env_list("VIDEO_MODELS", VIDEO_MODELS),
             ),
-            db_pool_size=env_int("DB_POOL_SIZE", 10, minimum=1),
+            db_pool_size=env_int("DB_POOL_SIZE", 16, minimum=1),
             migrate_on_start=env_bool("MIGRATE_ON_START", True),
             max_attempts=env_int("MAX_ATTEMPTS", 3, minimum=1),
             presign_ttl_seconds=env_int("PRESIGN_TTL_SECONDS", 3600, minimum=1),

@@ -265,18 +265,17 @@ class Store:
 
     # --- outbox --------------------------------------------------------------------------
 
-    def outbox_batch(self, limit: int) -> list[OutboxRow]:
-        with self.engine.connect() as conn:
+    def outbox_next(self, published: Sequence[int], limit: int) -> list[OutboxRow]:
+        """Deletes the rows already published, then returns the next ones, in one transaction."""
+        with self.engine.begin() as conn:
+            if published:
+                conn.execute(delete(outbox).where(outbox.c.id.in_(published)))
             rows = conn.execute(
                 select(outbox.c.id, outbox.c.subject, outbox.c.payload)
                 .order_by(outbox.c.id)
                 .limit(limit)
             ).all()
         return [OutboxRow(r.id, r.subject, r.payload) for r in rows]
-
-    def outbox_delete(self, ids: Sequence[int]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
 
     # --- helpers -------------------------------------------------------------------------
 

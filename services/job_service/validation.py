@@ -3,9 +3,11 @@ INVALID_ARGUMENT naming each offending field. Nothing is written before this pas
 
 from __future__ import annotations
 
+import functools
 import io
 import uuid
 import warnings
+from typing import Any
 
 from PIL import Image
 
@@ -123,9 +125,14 @@ def _text(value: str, field: str, limit: int, bad: Violations, *, required: bool
         bad.append((field, "must not contain NUL characters"))
 
 
-def _enum(value: int, enum: object, field: str, bad: Violations) -> None:
-    if value not in enum.values():  # type: ignore[attr-defined]
-        names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))  # type: ignore[attr-defined]
+@functools.cache
+def _enum_values(enum: Any) -> frozenset[int]:
+    return frozenset(enum.values())
+
+
+def _enum(value: int, enum: Any, field: str, bad: Violations) -> None:
+    if value not in _enum_values(enum):
+        names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))
         bad.append((field, f"unknown value {value}; must be one of {names}"))
 
 
