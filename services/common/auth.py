@@ -1,5 +1,10 @@
 """Bearer-token identity: verifying JWTs on servers and minting them for local runs and tests.
 
+Tokens are HS256 with a shared secret (AUTH_JWT_SECRET) or RS256/ES256 with a public key from a
+JWKS (services.common.jwks). The algorithm a token may use follows from the key that verifies
+it, never from the token alone: an HS256 token is checked only against the secret, so a token
+"signed" with a public key as its HMAC secret fails, and `alg: none` is never accepted.
+
 The job owner is the token's `sub`. Workers carry the `worker` role in the `roles` claim; client
 tokens have no roles and cannot call WorkerService.
 """
@@ -13,9 +18,9 @@ import grpc
 import jwt
 
 from services.common.config import AuthSettings
+from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet
 
 WORKER_ROLE = "worker"
-_ALGORITHMS = ["HS256"]
 _MAX_SUBJECT_CHARS = 256
 
 
@@ -41,11 +46,20 @@ class TokenVerifier:
     # a cheap RPC, so verified tokens are remembered until they expire.
     _CACHE_SIZE = 10_000
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, keys: KeySet | None = None) -> None:
         self._settings = settings
         self._cache: dict[str, tuple[Identity, float]] = {}
+        self._keys = keys
+        if keys is None and (settings.jwks_file or settings.jwks_url):
+            self._keys = KeySet(
+                file=settings.jwks_file,
+                url=settings.jwks_url,
+                cache_seconds=settings.jwks_cache_seconds,
+                min_refresh_seconds=settings.jwks_min_refresh_seconds,
+            )
 
     def verify(self, token: str) -> Identity:
+        """Checks the token with the keys at hand (no I/O)."""
         hit = self._cache.get(token)
         if hit is not None and time.time() < hit[1]:
             return hit[0]
@@ -55,13 +69,42 @@ class TokenVerifier:
         self._cache[token] = (identity, expires)
         return identity
 
+    async def verify_async(self, token: str) -> Identity:
+        """Like verify, but first fetches the JWKS again when the token names a key not held
+        (or the cached keys are old); the fetch runs off the event loop."""
+        hit = self._cache.get(token)
+        if hit is not None and time.time() < hit[1]:
+            return hit[0]
+        if self._keys is not None:
+            kid, alg = _key_hint(token)
+            if alg in ASYMMETRIC_ALGORITHMS and self._keys.wants_refresh(kid, alg):
+                await self._keys.refresh()
+        return self.verify(token)
+
+    def _key(self, token: str) -> tuple[object, str]:
+        """The key that must verify this token, and the one algorithm it may use."""
+        kid, alg = _key_hint(token)
+        if alg == "HS256" and self._settings.jwt_secret:
+            return self._settings.jwt_secret, alg
+        if alg in ASYMMETRIC_ALGORITHMS and self._keys is not None:
+            key = self._keys.find(kid, alg)
+            if key is None:
+                raise AuthError(
+                    grpc.StatusCode.UNAUTHENTICATED, "invalid token: unknown signing key"
+                )
+            return key, alg
+        raise AuthError(
+            grpc.StatusCode.UNAUTHENTICATED, f"invalid token: algorithm {alg!r} is not accepted"
+        )
+
     def _verify(self, token: str) -> tuple[Identity, float]:
         options = {"require": ["sub", "exp"]}
+        key, alg = self._key(token)
         try:
             claims = jwt.decode(
                 token,
-                self._settings.jwt_secret,
-                algorithms=_ALGORITHMS,
+                key,  # type: ignore[arg-type]
+                algorithms=[alg],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer or None,
                 options=options,
@@ -72,7 +115,13 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject or len(subject) > _MAX_SUBJECT_CHARS:
+        # The subject is stored as the job owner: no control characters (Postgres refuses NUL).
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or len(subject) > _MAX_SUBJECT_CHARS
+            or not subject.isprintable()
+        ):
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "invalid token: bad subject")
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -86,6 +135,25 @@ class TokenVerifier:
                 grpc.StatusCode.UNAUTHENTICATED, "missing `authorization: Bearer <token>` metadata"
             )
         return self.verify(header)
+
+    async def identify(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> Identity:
+        """The caller's identity (what servicers use): from_metadata with JWKS refreshes."""
+        header = bearer_from_metadata(metadata)
+        if header is None:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED, "missing `authorization: Bearer <token>` metadata"
+            )
+        return await self.verify_async(header)
+
+
+def _key_hint(token: str) -> tuple[str | None, str]:
+    """The unverified header's `kid` and `alg` (they only choose the key; the signature decides)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
+    kid, alg = header.get("kid"), header.get("alg")
+    return (kid if isinstance(kid, str) else None), (alg if isinstance(alg, str) else "")
 
 
 def bearer_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

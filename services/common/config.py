@@ -7,6 +7,7 @@ documents every variable. Fields shared by all services live in `CommonSettings`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -62,21 +63,49 @@ def env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """How bearer tokens are verified (HS256 with a shared secret)."""
+    """How bearer tokens are verified: HS256 with a shared secret, and/or RS256/ES256 with the
+    public keys of a JWKS (a file, or a URL that is cached and refetched for an unknown `kid`).
+    At least one of the two is required."""
 
-    jwt_secret: str
+    jwt_secret: str  # empty: HS256 tokens are refused
     audience: str
     issuer: str
+    jwks_file: str = ""
+    jwks_url: str = ""
+    jwks_cache_seconds: float = 300.0  # refetch the URL's keys after this long
+    jwks_min_refresh_seconds: float = 10.0  # at most one fetch per interval, even for unknown kids
 
     @classmethod
     def from_env(cls) -> AuthSettings:
         secret = env_str("AUTH_JWT_SECRET")
-        if len(secret) < 32:
-            raise SettingsError("AUTH_JWT_SECRET must be set to at least 32 characters")
+        jwks_file = env_str("AUTH_JWKS_FILE")
+        jwks_url = env_str("AUTH_JWKS_URL")
+        if jwks_file and jwks_url:
+            raise SettingsError("set AUTH_JWKS_FILE or AUTH_JWKS_URL, not both")
+        if not (secret or jwks_file or jwks_url):
+            raise SettingsError(
+                "AUTH_JWT_SECRET (HS256) or AUTH_JWKS_FILE / AUTH_JWKS_URL (RS256, ES256) "
+                "must be set"
+            )
+        if secret and len(secret) < 32:
+            raise SettingsError("AUTH_JWT_SECRET must be at least 32 characters")
+        if jwks_url and not jwks_url.startswith(("https://", "http://")):
+            raise SettingsError(f"AUTH_JWKS_URL must be an http(s) URL, got {jwks_url!r}")
+        cache = env_float("AUTH_JWKS_CACHE_SECONDS", 300.0)
+        min_refresh = env_float("AUTH_JWKS_MIN_REFRESH_SECONDS", 10.0)
+        if cache <= 0 or min_refresh < 0:
+            raise SettingsError(
+                "AUTH_JWKS_CACHE_SECONDS must be positive and AUTH_JWKS_MIN_REFRESH_SECONDS "
+                "not negative"
+            )
         return cls(
             jwt_secret=secret,
             audience=env_str("AUTH_AUDIENCE", "media"),
             issuer=env_str("AUTH_ISSUER", ""),
+            jwks_file=jwks_file,
+            jwks_url=jwks_url,
+            jwks_cache_seconds=cache,
+            jwks_min_refresh_seconds=min_refresh,
         )
 
 
@@ -101,6 +130,60 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Certificates for gRPC (services.common.tls builds the credentials). Paths to PEM files;
+    all empty means plaintext. One set serves both sides: a process's server uses cert/key (and
+    demands client certificates signed by client_ca when set), its channels to other services
+    trust ca and present client_cert/client_key when set."""
+
+    cert_file: str = ""  # the server's certificate chain
+    key_file: str = ""
+    client_ca_file: str = ""  # set: mutual TLS, every caller must present a certificate
+    ca_file: str = ""  # roots a client trusts; empty with enabled: the system's roots
+    client_cert_file: str = ""  # the certificate a client presents (mutual TLS)
+    client_key_file: str = ""
+    server_name: str = ""  # the name a client expects in the server's certificate
+    enabled: bool = False  # clients connect with TLS (implied by any client-side file)
+
+    @property
+    def server_enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    @property
+    def client_enabled(self) -> bool:
+        return self.enabled or bool(self.ca_file or self.client_cert_file)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TlsSettings:
+        """From os.environ, or from `env` (the devstack probes a child with the child's env)."""
+        source = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            return source.get(name, "").strip()
+
+        raw_enabled = get("TLS_ENABLED").lower()
+        if raw_enabled not in {"", "1", "true", "yes", "on", "0", "false", "no", "off"}:
+            raise SettingsError(f"TLS_ENABLED must be true or false, got {raw_enabled!r}")
+        settings = cls(
+            cert_file=get("TLS_CERT_FILE"),
+            key_file=get("TLS_KEY_FILE"),
+            client_ca_file=get("TLS_CLIENT_CA_FILE"),
+            ca_file=get("TLS_CA_FILE"),
+            client_cert_file=get("TLS_CLIENT_CERT_FILE"),
+            client_key_file=get("TLS_CLIENT_KEY_FILE"),
+            server_name=get("TLS_SERVER_NAME"),
+            enabled=raw_enabled in {"1", "true", "yes", "on"},
+        )
+        if bool(settings.cert_file) != bool(settings.key_file):
+            raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if bool(settings.client_cert_file) != bool(settings.client_key_file):
+            raise SettingsError("TLS_CLIENT_CERT_FILE and TLS_CLIENT_KEY_FILE must be set together")
+        if settings.client_ca_file and not settings.cert_file:
+            raise SettingsError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return settings
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """The gRPC server every service runs."""
 
@@ -108,6 +191,7 @@ class ServerSettings:
     max_message_bytes: int
     blocking_threads: int
     shutdown_grace_seconds: float
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def from_env(cls, default_port: int) -> ServerSettings:
@@ -116,4 +200,5 @@ class ServerSettings:
             max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             blocking_threads=env_int("BLOCKING_THREADS", 16, minimum=1),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 20.0),
+            tls=TlsSettings.from_env(),
         )

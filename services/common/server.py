@@ -1,5 +1,6 @@
-"""The gRPC server every service runs: error mapping, health checking, reflection, a bounded
-pool for blocking calls, and graceful shutdown on SIGTERM/SIGINT."""
+"""The gRPC server every service runs: error mapping, metrics and tracing (interceptor.py),
+health checking with readiness from dependency checks (health.py), reflection, a bounded pool for
+blocking calls, and graceful shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.auth import AuthError
+from services.common import tls
 from services.common.config import ServerSettings
-from services.common.errors import RpcError
+from services.common.health import Readiness
+from services.common.interceptor import RpcInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -34,65 +36,6 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns RpcError and AuthError into statuses, and anything unexpected into INTERNAL
-    without leaking its text to the caller."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_uu(request, context)
-                except Exception as exc:
-                    await _abort(exc, context, method)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    async for response in inner_us(request, context):
-                        yield response
-                except Exception as exc:
-                    await _abort(exc, context, method)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
-    if isinstance(exc, RpcError):
-        await context.abort_with_status(exc.to_status())
-    if isinstance(exc, AuthError):
-        await context.abort(exc.code, exc.message)
-    if isinstance(exc, asyncio.CancelledError):
-        raise exc
-    # context.abort raises an exception of grpc's own; let it through untouched.
-    if type(exc).__module__.startswith("grpc"):
-        raise exc
-    log.exception("unhandled error in %s", method)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
 class ServiceHost:
     """One grpc.aio server with health and reflection; add services, then `run`."""
 
@@ -100,7 +43,7 @@ class ServiceHost:
         self.name = name
         self.settings = settings
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[RpcInterceptor()],
             options=[
                 *channel_options(settings.max_message_bytes),
                 # Recycle long-lived HTTP/2 connections so clients rebalance across replicas.
@@ -114,6 +57,12 @@ class ServiceHost:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         ]
         self.port = 0
+        # Readiness ("" and each service) follows the checks services add with add_check.
+        self.readiness = Readiness(self._apply_serving)
+
+    def add_check(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """A dependency the server is not ready without; see services.common.health."""
+        self.readiness.add_check(name, check)
 
     def add(
         self, full_name: str, register: Callable[[Any, grpc.aio.Server], None], servicer: Any
@@ -125,18 +74,31 @@ class ServiceHost:
         reflection.enable_server_reflection(
             [*self._service_names, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.listen_addr)
+        # TLS (mutual with TLS_CLIENT_CA_FILE) when certificates are configured.
+        self.port = tls.add_port(self.server, self.settings.listen_addr, self.settings.tls)
         await self.server.start()
         # Liveness has its own name: readiness ("" and each service) goes NOT_SERVING while a
         # dependency is down or during shutdown, which must not make Kubernetes restart the pod.
         await self.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
-        await self.set_serving(True)
+        await self.readiness.start()
         log.info(
-            "%s listening", self.name, extra={"addr": self.settings.listen_addr, "port": self.port}
+            "%s listening",
+            self.name,
+            extra={
+                "addr": self.settings.listen_addr,
+                "port": self.port,
+                "tls": self.settings.tls.server_enabled,
+                "mtls": bool(self.settings.tls.client_ca_file),
+            },
         )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
+        """The service's own say on readiness (False while starting or draining); the server is
+        ready when this is True and every dependency check passes."""
+        await self.readiness.set_gate(serving)
+
+    async def _apply_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -147,7 +109,7 @@ class ServiceHost:
 
     async def stop(self) -> None:
         # Readiness goes false first so load balancers stop sending new calls.
-        await self.set_serving(False)
+        await self.readiness.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
 
 

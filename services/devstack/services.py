@@ -15,6 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import WORKER_ROLE, mint_token
+from services.common.config import TlsSettings
+from services.common.tls import sync_channel
 from services.devstack.deps import HOST, Dependencies
 from services.devstack.procs import (
     ManagedProcess,
@@ -41,10 +43,15 @@ _PROBE_OPTIONS = [
 ]
 
 
-def health_serving(addr: str, timeout: float = 1.0, channel: grpc.Channel | None = None) -> bool:
+def health_serving(
+    addr: str,
+    timeout: float = 1.0,
+    channel: grpc.Channel | None = None,
+    tls: TlsSettings | None = None,
+) -> bool:
     """True when the server at `addr` answers the standard health check with SERVING."""
     own = channel is None
-    ch = channel or grpc.insecure_channel(addr, options=_PROBE_OPTIONS)
+    ch = channel or sync_channel(addr, tls or TlsSettings(), options=_PROBE_OPTIONS)
     try:
         response = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
@@ -66,6 +73,7 @@ class ServiceProcess:
     env: dict[str, str]
     log_dir: Path
     addr: str = ""
+    metrics_port: int = 0  # Prometheus /metrics (METRICS_PORT), picked at the first spawn
     pid_dir: Path | None = None
     process: ManagedProcess | None = field(default=None, repr=False)
     _ever_ready: bool = field(default=False, repr=False)
@@ -78,15 +86,28 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def metrics_addr(self) -> str:
+        return f"{HOST}:{self.metrics_port}" if self.metrics_port else ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
     def spawn(self) -> None:
         if not self.addr:
             self.addr = f"{HOST}:{free_port(HOST)}"
+        if not self.metrics_port:
+            self.metrics_port = free_port(HOST)
         env = dict(self.env)
         env["LISTEN_ADDR"] = self.addr
+        # Several services share this machine: each gets its own metrics port, on loopback.
+        env["METRICS_PORT"] = str(self.metrics_port)
+        env["METRICS_ADDR"] = HOST
         self.process = ManagedProcess(
             name=self.name,
             argv=[sys.executable, "-m", self.module],
-            log_path=self.log_dir / f"{self.name}.log",
+            log_path=self.log_path,
             env=env,
             cwd=REPO_ROOT,
             pid_path=self.pid_dir / f"{self.name}.pid" if self.pid_dir else None,
@@ -96,7 +117,11 @@ class ServiceProcess:
     def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         assert self.process is not None
         for attempt in range(_PORT_ATTEMPTS):
-            channel = grpc.insecure_channel(self.addr, options=_PROBE_OPTIONS)
+            # The probe speaks TLS (with the service's own client certificate) when the
+            # service's environment configures it.
+            channel = sync_channel(
+                self.addr, TlsSettings.from_env(self.env), options=_PROBE_OPTIONS
+            )
 
             def serving(channel: grpc.Channel = channel) -> bool:
                 return health_serving(self.addr, 0.5, channel)
@@ -114,6 +139,7 @@ class ServiceProcess:
                     raise
                 self.process.stop(2)
                 self.addr = ""
+                self.metrics_port = 0
                 self.spawn()
             finally:
                 channel.close()
@@ -169,6 +195,11 @@ class Services:
     def worker_addrs(self) -> list[str]:
         """Each worker's health/reflection address."""
         return [w.addr for w in self.workers]
+
+    @property
+    def metrics_addrs(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint (http://ADDR/metrics), by process name."""
+        return {p.name: p.metrics_addr for p in self.procs if p.metrics_addr}
 
     def env(self) -> dict[str, str]:
         """What a client (mediactl, tests, the benchmark) needs besides its token."""

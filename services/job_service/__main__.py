@@ -7,6 +7,7 @@ import sys
 
 from services.common.config import env_str
 from services.common.logs import configure_logging
+from services.common.tracing import setup_tracing
 from services.job_service import migrate
 from services.job_service.app import serve
 from services.job_service.settings import JobServiceSettings
@@ -23,6 +24,7 @@ def main() -> None:
         return
     if sys.argv[1:]:
         sys.exit("usage: python -m services.job_service [migrate]")
+    setup_tracing("job_service")
     asyncio.run(serve(JobServiceSettings.from_env()))
 
 

@@ -13,11 +13,15 @@ import grpc
 from botocore.exceptions import BotoCoreError, ClientError
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from services.common import logs, tracing
 from services.common.auth import Identity, TokenVerifier
-from services.common.errors import invalid_argument, not_found, unavailable
+from services.common.errors import RpcError, invalid_argument, not_found, unavailable
 from services.common.ids import uuid7
+from services.job_service import metrics as job_metrics
 from services.job_service import validation
+from services.job_service.batcher import CreateBatcher
 from services.job_service.database import call
+from services.job_service.ratelimit import RateLimiter
 from services.job_service.records import digest
 from services.job_service.settings import Limits
 from services.job_service.store import NewJob, Store
@@ -26,6 +30,8 @@ from services.job_service.urls import UrlSigner
 log = logging.getLogger(__name__)
 
 _KINDS = {"image": job_pb2.MEDIA_KIND_IMAGE, "video": job_pb2.MEDIA_KIND_VIDEO}
+# When a user at the active-job cap is told to retry: about the length of an image job.
+_ACTIVE_CAP_RETRY_SECONDS = 5.0
 
 
 class JobApi(job_service_pb2_grpc.JobServiceServicer):
@@ -44,15 +50,19 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         self._limits = limits
         self._s3 = s3
         self._bucket = bucket
+        self._batcher = CreateBatcher(store)
+        self._rate = RateLimiter(limits.rate_limit_per_minute, limits.rate_limit_burst)
 
-    def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
-        return self._verifier.from_metadata(context.invocation_metadata())
+    async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        return await self._verifier.identify(context.invocation_metadata())
 
     async def CreateJob(
         self, request: job_service_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> job_service_pb2.CreateJobResponse:
         job_id = uuid7()  # the job's one ID, minted before anything else happens
-        who = self._identity(context)
+        logs.bind_job_id(str(job_id))  # for any line logged during this call
+        who = await self._identity(context)
+        self._check_rate(who.subject)
         if _has_input_image(request):
             # Decoding an image is CPU work; keep it off the event loop.
             valid = await asyncio.to_thread(validation.create_request, request, self._limits)
@@ -60,13 +70,14 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             valid = validation.create_request(request, self._limits)
         request_digest = digest(valid)
         request_id = valid.request_id or None
-        if request_id is not None:
-            found = await call(self._store.find_by_request_id, who.subject, request_id)
-            if found is not None:
-                return self._replay(found[0], found[1], request_digest)
         kind_name = valid.WhichOneof("params")
         params = getattr(valid, kind_name)
         if params.HasField("input_image"):
+            # Look for a replay first so a retried create does not store its image twice.
+            if request_id is not None:
+                found = await call(self._store.find_by_request_id, who.subject, request_id)
+                if found is not None:
+                    return self._replay(found[0], found[1], request_digest)
             await self._store_input_image(job_id, params.input_image)
         new = NewJob(
             id=job_id,
@@ -75,17 +86,45 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             request_digest=request_digest,
             kind=_KINDS[kind_name],
             params=params,
+            trace_headers=tracing.current_headers(),
         )
-        job, created = await call(self._store.create_job, new)
-        if not created:
-            return self._replay(job, None, None)
-        log.info("job created", extra={"job_id": job.id, "kind": kind_name})
-        return job_service_pb2.CreateJobResponse(job=job, created=True)
+        result = await self._batcher.create(new)
+        if result.over_active_cap:
+            if params.HasField("input_image"):
+                await self._delete_input_image(params.input_image)
+            raise RpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many active jobs: at most {self._limits.max_active_jobs_per_user} queued or "
+                "running jobs per user (MAX_ACTIVE_JOBS_PER_USER); retry when one has finished",
+                retry_after_seconds=_ACTIVE_CAP_RETRY_SECONDS,
+            )
+        if not result.created:
+            return self._replay(result.job, result.request_digest, request_digest)
+        job_metrics.job_created(new.kind)
+        log.debug("job created", extra={"job_id": result.job.id, "kind": kind_name})
+        return job_service_pb2.CreateJobResponse(job=result.job, created=True)
+
+    def _check_rate(self, subject: str) -> None:
+        wait = self._rate.acquire(subject)
+        if wait is not None:
+            raise RpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit exceeded: at most {self._rate.per_minute} CreateJob calls per "
+                f"minute per user (RATE_LIMIT_PER_MINUTE); retry in {wait:.1f} s",
+                retry_after_seconds=wait,
+            )
+
+    async def _delete_input_image(self, image: job_pb2.InputImage) -> None:
+        """Removes the input image of a create that was refused after storing it."""
+        try:
+            await asyncio.to_thread(self._s3.delete_object, Bucket=image.bucket, Key=image.key)
+        except (BotoCoreError, ClientError):
+            log.warning("could not delete the input image of a refused create: %s", image.key)
 
     def _replay(
-        self, job: job_pb2.Job, stored: bytes | None, sent: bytes | None
+        self, job: job_pb2.Job, stored: bytes | None, sent: bytes
     ) -> job_service_pb2.CreateJobResponse:
-        if stored is not None and sent is not None and stored != sent:
+        if stored != sent:
             raise invalid_argument(
                 [("request_id", "was already used for a request with different parameters")]
             )
@@ -109,7 +148,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> job_service_pb2.GetJobResponse:
-        who = self._identity(context)
+        who = await self._identity(context)
         job_id = validation.job_id(request.job_id)
         job = await call(self._store.get_job, job_id, who.subject)
         if job is None:
@@ -119,7 +158,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> job_service_pb2.ListJobsResponse:
-        who = self._identity(context)
+        who = await self._identity(context)
         page_size = validation.list_request(request, self._limits)
         before = _decode_token(request) if request.page_token else None
         # One extra row tells whether another page exists.
@@ -140,7 +179,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> job_service_pb2.CancelJobResponse:
-        who = self._identity(context)
+        who = await self._identity(context)
         job_id = validation.job_id(request.job_id)
         job = await call(self._store.cancel_job, job_id, who.subject)
         log.info("job canceled", extra={"job_id": job.id})

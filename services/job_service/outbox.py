@@ -1,17 +1,24 @@
 """The outbox relay: publishes committed outbox rows to JetStream, then deletes them.
 
 Each row is published with its ID as Nats-Msg-Id, so a row published twice (a crash between
-publish and delete, or two replicas relaying at once) is stored once by JetStream. The relay wakes
-at once after a commit in this process and polls otherwise, which picks up rows left by a crash.
+publish and delete, or two replicas relaying the same row) is stored once by JetStream.
+
+Two paths feed it. The fast path: the store hands over the rows of each commit, which are
+published at once without reading them back. The sweep: every `poll_seconds` the relay deletes
+what it published and reads rows older than `poll_seconds` that are still in the table (left by
+a crash, a failed publish or another replica), so nothing committed is ever lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 
 from nats.js import JetStreamContext
 
+from services.common import tracing
 from services.job_service.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -26,13 +33,19 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._fresh: list[OutboxRow] = []  # committed, not yet published
+        self._done: list[uuid.UUID] = []  # published, to delete at the next sweep
+        self._last_sweep = 0.0
         self.published = 0
-        self._done: list[int] = []  # published, to delete with the next read
 
-    def notify(self) -> None:
+    def notify(self, rows: list[OutboxRow]) -> None:
         """Thread-safe: called by the store after a commit that wrote outbox rows."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._take, rows)
+
+    def _take(self, rows: list[OutboxRow]) -> None:
+        self._fresh.extend(rows)
+        self._wake.set()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -53,10 +66,10 @@ class OutboxRelay:
             log.warning("outbox not drained at shutdown: %s", exc)
 
     async def drain(self) -> None:
-        while await self.relay_once():
-            pass
-        if self._done:
-            await asyncio.to_thread(self._store.outbox_next, self._take_done(), 0)
+        """Publishes everything in the table and in hand, whatever its age."""
+        await self._publish_fresh()
+        await self._sweep(min_age_seconds=0.0)
+        await self._delete_done()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -67,9 +80,9 @@ class OutboxRelay:
                 pass
             self._wake.clear()
             try:
-                # Keep going while full batches come back: we are behind.
-                while await self.relay_once() == self._batch:
-                    pass
+                await self._publish_fresh()
+                if time.monotonic() - self._last_sweep >= self._poll:
+                    await self._sweep(min_age_seconds=self._poll)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -77,31 +90,60 @@ class OutboxRelay:
                 log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                self._wake.set()
 
-    async def relay_once(self) -> int:
-        """Publishes the next batch; returns how many rows it read."""
-        done = self._take_done()
-        try:
-            rows = await asyncio.to_thread(self._store.outbox_next, done, self._batch)
-        except BaseException:
-            self._done = done + self._done  # delete them next time instead
-            raise
+    async def _publish_fresh(self) -> None:
+        while self._fresh:
+            rows, self._fresh = self._fresh[: self._batch], self._fresh[self._batch :]
+            # A row whose publish fails stays in the table; the sweep retries it.
+            await self._publish(rows, raise_on_failure=False)
+
+    async def _sweep(self, *, min_age_seconds: float) -> None:
+        self._last_sweep = time.monotonic()
+        while True:
+            done = self._take_done()
+            try:
+                rows = await asyncio.to_thread(
+                    self._store.outbox_next, done, self._batch, min_age_seconds=min_age_seconds
+                )
+            except BaseException:
+                self._done = done + self._done  # delete them next time instead
+                raise
+            await self._publish(rows, raise_on_failure=True)
+            if len(rows) < self._batch:
+                return
+
+    async def _delete_done(self) -> None:
+        if self._done:
+            await asyncio.to_thread(self._store.outbox_next, self._take_done(), 0)
+
+    async def _publish(self, rows: list[OutboxRow], *, raise_on_failure: bool) -> None:
         if not rows:
-            return 0
-        results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
-        self._done = [r.id for r, res in zip(rows, results, strict=True) if res is None]
-        self.published += len(self._done)
+            return
+        results = await asyncio.gather(
+            *(self._publish_one(r) for r in rows), return_exceptions=True
+        )
+        done = [r.id for r, res in zip(rows, results, strict=True) if res is None]
+        self._done.extend(done)
+        self.published += len(done)
         failed = [res for res in results if isinstance(res, BaseException)]
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(rows)} publishes failed: {failed[0]}")
-        return len(rows)
+            message = f"{len(failed)} of {len(rows)} publishes failed: {failed[0]}"
+            if raise_on_failure:
+                raise RuntimeError(message)
+            log.warning("%s; the sweep will retry them", message)
 
-    def _take_done(self) -> list[int]:
+    async def _publish_one(self, row: OutboxRow) -> None:
+        # The trace context stored with the row travels next to the deduplication ID.
+        with tracing.producer(row.subject, row.headers) as headers:
+            headers["Nats-Msg-Id"] = str(row.id)
+            await self._js.publish(row.subject, row.payload, timeout=5, headers=headers)
+
+    @property
+    def published_ids(self) -> list[uuid.UUID]:
+        """Rows published and not yet deleted (that happens at the next sweep): the metrics
+        sampler leaves them out of the outbox backlog."""
+        return list(self._done)
+
+    def _take_done(self) -> list[uuid.UUID]:
         done, self._done = self._done, []
         return done
-
-    async def _publish(self, row: OutboxRow) -> None:
-        await self._js.publish(
-            row.subject, row.payload, timeout=5, headers={"Nats-Msg-Id": str(row.id)}
-        )

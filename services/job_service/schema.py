@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
     Double,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -54,6 +54,12 @@ jobs = Table(
         unique=True,
         postgresql_where=text("request_id IS NOT NULL"),
     ),
+    # Queued and running jobs only (JOB_STATUS_QUEUED = 1, JOB_STATUS_RUNNING = 2): keeps the
+    # metrics sampler's count of active jobs small however many finished jobs the table holds.
+    Index("jobs_active", "kind", "status", postgresql_where=text("status IN (1, 2)")),
+    # The same rows by owner: CreateJob counts a user's active jobs against
+    # MAX_ACTIVE_JOBS_PER_USER without reading their finished ones.
+    Index("jobs_owner_active", "owner", postgresql_where=text("status IN (1, 2)")),
 )
 
 outputs = Table(
@@ -75,8 +81,10 @@ outputs = Table(
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("id", Uuid, primary_key=True),  # UUIDv7 minted by the writer; the Nats-Msg-Id
     Column("subject", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The W3C trace context of the transaction that wrote the row, published as NATS headers.
+    Column("headers", JSON(none_as_null=True)),
 )

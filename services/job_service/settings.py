@@ -35,6 +35,12 @@ VIDEO_MODELS = (
 )
 
 
+# What the models accept at most; the settings may only lower these.
+MODEL_MAX_IMAGES = 4
+MODEL_MAX_VIDEOS = 4
+MODEL_VIDEO_SECONDS = (4, 8)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_prompt_chars: int
@@ -42,6 +48,23 @@ class Limits:
     max_page_size: int
     image_models: tuple[str, ...]
     video_models: tuple[str, ...]
+    max_images: int = MODEL_MAX_IMAGES  # per job
+    max_videos: int = MODEL_MAX_VIDEOS  # per job
+    max_video_seconds: int = MODEL_VIDEO_SECONDS[1]
+    # CreateJob calls per user per minute (0: no limit), with bursts of up to rate_limit_burst
+    # (0: one minute's worth). Held per process: N replicas allow N times the rate.
+    rate_limit_per_minute: int = 0
+    rate_limit_burst: int = 0
+    # Queued plus running jobs a user may have (0: no cap); checked in Postgres, so it holds
+    # across replicas.
+    max_active_jobs_per_user: int = 0
+
+
+def _at_most(name: str, model_max: int, minimum: int) -> int:
+    value = env_int(name, model_max, minimum=minimum)
+    if value > model_max:
+        raise SettingsError(f"{name} must be at most {model_max} (what the models accept)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,7 @@ class JobServiceSettings:
     presign_ttl_seconds: int
     outbox_batch: int
     outbox_poll_seconds: float
+    metrics_sample_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> JobServiceSettings:
@@ -78,6 +102,14 @@ class JobServiceSettings:
                 max_page_size=env_int("MAX_PAGE_SIZE", 100, minimum=1),
                 image_models=env_list("IMAGE_MODELS", IMAGE_MODELS),
                 video_models=env_list("VIDEO_MODELS", VIDEO_MODELS),
+                max_images=_at_most("MAX_IMAGES_PER_JOB", MODEL_MAX_IMAGES, 1),
+                max_videos=_at_most("MAX_VIDEOS_PER_JOB", MODEL_MAX_VIDEOS, 1),
+                max_video_seconds=_at_most(
+                    "MAX_VIDEO_SECONDS", MODEL_VIDEO_SECONDS[1], MODEL_VIDEO_SECONDS[0]
+                ),
+                rate_limit_per_minute=env_int("RATE_LIMIT_PER_MINUTE", 0, minimum=0),
+                rate_limit_burst=env_int("RATE_LIMIT_BURST", 0, minimum=0),
+                max_active_jobs_per_user=env_int("MAX_ACTIVE_JOBS_PER_USER", 0, minimum=0),
             ),
             db_pool_size=env_int("DB_POOL_SIZE", 16, minimum=1),
             migrate_on_start=env_bool("MIGRATE_ON_START", True),
@@ -85,4 +117,5 @@ class JobServiceSettings:
             presign_ttl_seconds=env_int("PRESIGN_TTL_SECONDS", 3600, minimum=1),
             outbox_batch=env_int("OUTBOX_BATCH", 256, minimum=1),
             outbox_poll_seconds=env_float("OUTBOX_POLL_SECONDS", 1.0),
+            metrics_sample_seconds=env_float("METRICS_SAMPLE_SECONDS", 5.0),
         )

@@ -31,10 +31,11 @@ IMAGE_SIZES = (
     "1536x672",
 )
 DEFAULT_IMAGE_SIZE = "1024x1024"
-MAX_IMAGES = 4
-MAX_VIDEOS = 4
-VIDEO_DURATIONS = range(4, 9)
-DEFAULT_VIDEO_SECONDS = 8
+MIN_VIDEO_SECONDS = 4
+DEFAULT_VIDEO_SECONDS = 8  # or Limits.max_video_seconds when that is lower
+# A job asks for at most this many outputs, whatever the settings (they may only lower it).
+MAX_OUTPUTS = 4
+_MAX_DURATION_SECONDS = 24 * 3600.0  # of an output; also rules out NaN and infinity
 MAX_REQUEST_ID_CHARS = 128
 MAX_INPUT_IMAGE_PIXELS = 50_000_000
 _IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -78,8 +79,8 @@ def _image(p: job_pb2.ImageParams, limits: Limits, bad: Violations) -> None:
     _text(p.prompt, "image.prompt", limits.max_prompt_chars, bad, required=True)
     if p.HasField("input_image"):
         _input_image(p.input_image, "image.input_image", limits, bad)
-    if not 0 <= p.number_of_images <= MAX_IMAGES:
-        bad.append(("image.number_of_images", f"must be between 1 and {MAX_IMAGES}"))
+    if not 0 <= p.number_of_images <= limits.max_images:
+        bad.append(("image.number_of_images", f"must be between 1 and {limits.max_images}"))
     p.number_of_images = p.number_of_images or 1
     if p.size and p.size not in IMAGE_SIZES:
         bad.append(("image.size", f"must be one of {', '.join(IMAGE_SIZES)}"))
@@ -100,16 +101,12 @@ def _video(p: job_pb2.VideoParams, limits: Limits, bad: Violations) -> None:
         _input_image(p.input_image, "video.input_image", limits, bad)
     _enum(p.aspect_ratio, job_pb2.AspectRatio, "video.aspect_ratio", bad)
     p.aspect_ratio = p.aspect_ratio or job_pb2.ASPECT_RATIO_16_9
-    if p.duration_seconds and p.duration_seconds not in VIDEO_DURATIONS:
-        bad.append(
-            (
-                "video.duration_seconds",
-                f"must be between {VIDEO_DURATIONS.start} and {VIDEO_DURATIONS.stop - 1}",
-            )
-        )
-    p.duration_seconds = p.duration_seconds or DEFAULT_VIDEO_SECONDS
-    if not 0 <= p.number_of_videos <= MAX_VIDEOS:
-        bad.append(("video.number_of_videos", f"must be between 1 and {MAX_VIDEOS}"))
+    longest = limits.max_video_seconds
+    if p.duration_seconds and not MIN_VIDEO_SECONDS <= p.duration_seconds <= longest:
+        bad.append(("video.duration_seconds", f"must be between {MIN_VIDEO_SECONDS} and {longest}"))
+    p.duration_seconds = p.duration_seconds or min(DEFAULT_VIDEO_SECONDS, longest)
+    if not 0 <= p.number_of_videos <= limits.max_videos:
+        bad.append(("video.number_of_videos", f"must be between 1 and {limits.max_videos}"))
     p.number_of_videos = p.number_of_videos or 1
     _enum(p.person_generation, job_pb2.PersonGeneration, "video.person_generation", bad)
     if p.model and p.model not in limits.video_models:
@@ -216,6 +213,8 @@ def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUI
         s = request.success
         if not s.outputs:
             bad.append(("success.outputs", "must not be empty"))
+        if len(s.outputs) > MAX_OUTPUTS:
+            bad.append(("success.outputs", f"must be at most {MAX_OUTPUTS}"))
         if sorted(o.index for o in s.outputs) != list(range(len(s.outputs))):
             bad.append(("success.outputs.index", "must number the outputs 0, 1, 2, ..."))
         for i, o in enumerate(s.outputs):
@@ -224,8 +223,14 @@ def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUI
                 value = getattr(o, name)
                 if not value or "\x00" in value or len(value) > 1024:
                     bad.append((f"{where}.{name}", "must be set (at most 1024 characters)"))
-            if o.byte_size <= 0 or o.width <= 0 or o.height <= 0 or o.duration_seconds < 0:
+            if not (o.byte_size > 0 and o.width > 0 and o.height > 0) or not (
+                0 <= o.duration_seconds <= _MAX_DURATION_SECONDS
+            ):
                 bad.append((where, "byte_size, width and height must be positive"))
+            # A worker records only files of the job it was given, never another job's objects
+            # (job_service would otherwise mint URLs for them).
+            if parsed is not None and not o.key.startswith(f"jobs/{parsed}/"):
+                bad.append((f"{where}.key", f"must be under jobs/{parsed}/"))
             if o.url:
                 bad.append((f"{where}.url", "is minted at read time and must not be sent"))
         for name in ("model", "status_message"):

@@ -8,7 +8,7 @@ import grpc
 
 from media.v1 import worker_service_pb2, worker_service_pb2_grpc
 from services.common.auth import TokenVerifier
-from services.common.errors import RpcError
+from services.common.errors import RpcError, invalid_argument
 from services.job_service import validation
 from services.job_service.database import call
 from services.job_service.records import status_name
@@ -20,12 +20,13 @@ _MAX_FAILURE_MESSAGE = 2000
 
 
 class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, store: Store, verifier: TokenVerifier) -> None:
+    def __init__(self, store: Store, verifier: TokenVerifier, bucket: str = "") -> None:
         self._store = store
         self._verifier = verifier
+        self._bucket = bucket  # outputs must be stored here (empty: not checked)
 
-    def _require_worker(self, context: grpc.aio.ServicerContext) -> None:
-        who = self._verifier.from_metadata(context.invocation_metadata())
+    async def _require_worker(self, context: grpc.aio.ServicerContext) -> None:
+        who = await self._verifier.identify(context.invocation_metadata())
         if not who.is_worker:
             raise RpcError(
                 grpc.StatusCode.PERMISSION_DENIED, "WorkerService needs a worker credential"
@@ -34,7 +35,7 @@ class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
     async def ReportProgress(
         self, request: worker_service_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.ReportProgressResponse:
-        self._require_worker(context)
+        await self._require_worker(context)
         job_id = validation.progress_request(request)
         if request.attempt == 0:
             job = await call(self._store.claim, job_id)
@@ -52,8 +53,16 @@ class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
     async def CompleteJob(
         self, request: worker_service_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.CompleteJobResponse:
-        self._require_worker(context)
+        await self._require_worker(context)
         validation.complete_request(request)
+        if self._bucket and request.HasField("success"):
+            elsewhere = [
+                (f"success.outputs[{i}].bucket", f"must be {self._bucket}")
+                for i, o in enumerate(request.success.outputs)
+                if o.bucket != self._bucket
+            ]
+            if elsewhere:
+                raise invalid_argument(elsewhere)
         if request.HasField("failure"):
             # An error text is for people; a worker must not be refused for a long one.
             request.failure.message = request.failure.message[:_MAX_FAILURE_MESSAGE]

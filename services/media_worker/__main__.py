@@ -12,7 +12,9 @@ import sys
 
 from services.common.config import SettingsError
 from services.common.logs import configure_logging
+from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
+from services.common.tracing import setup_tracing
 from services.media_worker.settings import WorkerSettings
 from services.media_worker.worker import MediaWorker
 
@@ -30,9 +32,13 @@ async def main() -> int:
     # Handlers go in first so a SIGTERM during start-up is a clean stop, not a kill.
     signal_task = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)
+    serve_metrics()
     host = ServiceHost("media_worker", settings.server)
-    await host.start()
+    # Ready while consuming (set_serving below) and while NATS and job_service are reachable.
+    host.add_check("nats", worker.nats_ok)
+    host.add_check("job_service", worker.job_service_ok)
     await host.set_serving(False)
+    await host.start()
     start_task = asyncio.create_task(worker.start())
     await asyncio.wait({signal_task, start_task}, return_when=asyncio.FIRST_COMPLETED)
     if start_task.done() and start_task.exception() is None:
@@ -55,4 +61,5 @@ async def main() -> int:
 
 if __name__ == "__main__":
     configure_logging("media_worker")
+    setup_tracing("media_worker")
     sys.exit(asyncio.run(main()))

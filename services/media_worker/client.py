@@ -14,10 +14,14 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from media.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from services.common import tracing
 from services.common.auth import bearer_metadata
+from services.common.config import TlsSettings
 from services.common.server import channel_options
+from services.common.tls import aio_channel
 from services.media_worker.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -36,15 +40,35 @@ class WorkerClient:
         timeout_seconds: float = 10.0,
         attempts: int = 4,
         max_message_bytes: int = 16 * 1024 * 1024,
+        tls: TlsSettings | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(addr, options=channel_options(max_message_bytes))
+        # TLS, with this worker's client certificate for mutual TLS, when configured.
+        self._channel = aio_channel(
+            addr,
+            tls or TlsSettings(),
+            # Reconnect soon after job_service comes back (gRPC's backoff grows to 2 minutes).
+            options=[*channel_options(max_message_bytes), ("grpc.max_reconnect_backoff_ms", 2000)],
+            interceptors=tracing.client_interceptors(),
+        )
         self._stub = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = bearer_metadata(token)
         self._timeout = timeout_seconds
         self._attempts = attempts
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def reachable(self, timeout_seconds: float = 2.0) -> bool:
+        """Whether job_service answers at all (its "liveness" health name): the worker's
+        readiness. Not job_service's own readiness, which flips during its rolling updates."""
+        try:
+            await self._health.Check(
+                health_pb2.HealthCheckRequest(service="liveness"), timeout=timeout_seconds
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     async def _call(
         self,

@@ -4,7 +4,8 @@ The protocol with job_service (DESIGN.md, WorkerService):
 - ReportProgress(attempt=0) claims the job. FAILED_PRECONDITION (finished, canceled, out of
   attempts) or NOT_FOUND: ack and drop. Anything else (job_service unreachable): nak with a delay.
 - While working, throttled ReportProgress under the claimed attempt; FAILED_PRECONDITION there
-  means canceled or superseded: stop generating and ack.
+  means canceled or superseded: stop generating and ack. The job's status events say the same
+  sooner (cancellation.py): a cancel stops the generation at once.
 - Outputs go to S3, then CompleteJob; the message is acked only after CompleteJob succeeded.
 - A failure is reported with CompleteJob too; if job_service puts the job back to QUEUED, the
   message is nak'ed with a backoff delay so JetStream redelivers it for the next attempt.
@@ -27,9 +28,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from media.v1 import events_pb2, job_pb2
+from services.common import logs, tracing
+from services.media_worker import metrics as worker_metrics
 from services.media_worker.backoff import backoff_delay
+from services.media_worker.cancellation import CancellationListener, JobWatch
 from services.media_worker.client import WorkerClient
 from services.media_worker.generators.base import (
     GenerationContext,
@@ -113,6 +118,16 @@ class ProgressReporter:
 
     def watch(self, task: asyncio.Task[Any]) -> None:
         self._target = task
+        if self.aborted:  # told to stop before the generation even started
+            task.cancel()
+
+    def abort(self, reason: str) -> None:
+        """Stops the attempt now (the job was canceled or superseded: see cancellation.py)."""
+        if self.aborted:
+            return
+        self.aborted = True
+        if self._target is not None:
+            self._target.cancel()
 
     async def update(self, progress: int, message: str) -> None:
         # 100 is for the terminal state job_service sets on CompleteJob.
@@ -172,11 +187,13 @@ class JobRunner:
         generator: Generator,
         storage: Storage,
         config: RunnerConfig,
+        listener: CancellationListener | None = None,
     ) -> None:
         self._client = client
         self._generator = generator
         self._storage = storage
         self._config = config
+        self._listener = listener or CancellationListener(None)
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(
@@ -197,10 +214,31 @@ class JobRunner:
             log.error("undecodable dispatch message on %s, terminating it", msg.subject)
             await _settle("", "terminate", msg.term)
             return
+        # Every line logged for this job carries its ID, and the work continues the trace of
+        # the call that queued it (the trace context rides in the message headers).
+        with (
+            logs.job_context(dispatch.job_id),
+            tracing.span(
+                f"process {msg.subject}",
+                parent=tracing.context_from_headers(msg.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "media.job_id": dispatch.job_id,
+                },
+            ),
+        ):
+            await self._handle(msg, dispatch)
+
+    async def _handle(self, msg: Msg, dispatch: events_pb2.JobDispatch) -> None:
         job_id = dispatch.job_id
         keeper = asyncio.create_task(self._keep_alive(msg, job_id), name=f"keepalive-{job_id}")
+        watch: JobWatch | None = None
         try:
-            await self._run(msg, dispatch)
+            # Listening starts before the claim, so no cancel committed after it is missed.
+            watch = await self._listener.watch(job_id)
+            await self._run(msg, dispatch, watch)
         except asyncio.CancelledError:
             # Shutdown: hand the job back at once so another worker picks it up.
             log.warning("worker stopping, returning job to the queue", extra={"job_id": job_id})
@@ -215,6 +253,8 @@ class JobRunner:
             await _settle(job_id, "nak", msg.nak, delay)
         finally:
             keeper.cancel()
+            if watch is not None:
+                await watch.close()
 
     async def _keep_alive(self, msg: Msg, job_id: str) -> None:
         period = self._config.ack_wait_seconds / 3
@@ -225,7 +265,9 @@ class JobRunner:
             except Exception as exc:
                 log.warning("in-progress ack failed: %s", exc, extra={"job_id": job_id})
 
-    async def _run(self, msg: Msg, dispatch: events_pb2.JobDispatch) -> None:
+    async def _run(
+        self, msg: Msg, dispatch: events_pb2.JobDispatch, watch: JobWatch | None = None
+    ) -> None:
         job_id = dispatch.job_id
         try:
             job = await self._client.report_progress(job_id, 0, 0, "started")
@@ -237,7 +279,7 @@ class JobRunner:
         log.info("job claimed", extra=extra)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._config.work_dir))
         try:
-            await self._attempt(msg, dispatch, attempt, workdir)
+            await self._attempt(msg, dispatch, attempt, workdir, watch)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
@@ -269,19 +311,28 @@ class JobRunner:
             await _settle(job_id, "nak", msg.nak, delay)
 
     async def _attempt(
-        self, msg: Msg, dispatch: events_pb2.JobDispatch, attempt: int, workdir: Path
+        self,
+        msg: Msg,
+        dispatch: events_pb2.JobDispatch,
+        attempt: int,
+        workdir: Path,
+        watch: JobWatch | None = None,
     ) -> None:
         job_id = dispatch.job_id
         extra = {"job_id": job_id, "attempt": attempt}
         reporter = ProgressReporter(
             self._client, job_id, attempt, self._config.progress_interval_seconds
         )
+        if watch is not None:
+            watch.arm(attempt, reporter.abort)
         outcome: tuple[list[job_pb2.Output], GenerationResult, float] | _Failure | None
         try:
             outcome = await self._generate_and_store(msg, dispatch, workdir, reporter)
         except _Aborted:
             outcome = None
         finally:
+            if watch is not None:
+                watch.disarm()  # from here on the attempt reports its own result
             await reporter.close(grace_seconds=5.0)
         if outcome is None or reporter.aborted:
             log.info("job canceled or superseded; acking", extra=extra)
@@ -383,23 +434,34 @@ class JobRunner:
             input_image=data,
             input_mime_type=mime_type,
         )
+        kind = dispatch.WhichOneof("params") or "unknown"
+        params = dispatch.image if kind == "image" else dispatch.video
+        # The model a failed job is counted under: the one it asked for, else the generator's.
+        requested = params.model or getattr(self._generator, "name", "unknown")
         started = time.monotonic()
-        task = asyncio.create_task(self._generator.generate(ctx), name=f"generate-{job_id}")
-        reporter.watch(task)
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if reporter.aborted and current is not None and not current.cancelling():
-                raise _Aborted() from None
-            raise
-        except GenerationError as exc:
-            return _Failure(exc.code, _clip(exc.message), exc.retryable)
-        except Exception as exc:
-            log.exception("generator raised", extra={"job_id": job_id})
-            message = str(exc) or type(exc).__name__
-            return _Failure(job_pb2.ERROR_CODE_GENERATION_FAILED, _clip(message), False)
-        seconds = time.monotonic() - started
+        with tracing.span("generate", attributes={"media.kind": kind}) as gen_span:
+            task = asyncio.create_task(self._generator.generate(ctx), name=f"generate-{job_id}")
+            reporter.watch(task)
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if reporter.aborted and current is not None and not current.cancelling():
+                    raise _Aborted() from None
+                raise
+            except GenerationError as exc:
+                worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
+                tracing.set_error(gen_span, exc.message)
+                return _Failure(exc.code, _clip(exc.message), exc.retryable)
+            except Exception as exc:
+                worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
+                log.exception("generator raised", extra={"job_id": job_id})
+                message = str(exc) or type(exc).__name__
+                tracing.set_error(gen_span, message)
+                return _Failure(job_pb2.ERROR_CODE_GENERATION_FAILED, _clip(message), False)
+            seconds = time.monotonic() - started
+            worker_metrics.observe_generation(kind, result.model, seconds)
+            gen_span.set_attribute("media.model", result.model)
         log.info(
             "generated %d file(s) in %.3f s",
             len(result.files),
@@ -411,13 +473,15 @@ class JobRunner:
         if not result.files:
             return _Failure(job_pb2.ERROR_CODE_NO_MEDIA, "the generator produced no files", False)
         try:
-            outputs = await self._storage.store_outputs(job_id, reporter.attempt, result.files)
+            with tracing.span("upload", attributes={"media.files": len(result.files)}):
+                outputs = await self._storage.store_outputs(job_id, reporter.attempt, result.files)
         except ProbeError as exc:
             return _Failure(
                 job_pb2.ERROR_CODE_GENERATION_FAILED, _clip(f"bad output: {exc}"), False
             )
         except UploadError as exc:
             return _Failure(job_pb2.ERROR_CODE_UPLOAD_FAILED, _clip(str(exc)), True)
+        worker_metrics.UPLOAD_BYTES.labels(kind).inc(sum(o.byte_size for o in outputs))
         return outputs, result, seconds
 
     async def _input_image(self, dispatch: events_pb2.JobDispatch) -> tuple[bytes | None, str]:

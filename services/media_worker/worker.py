@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from services.common import jetstream
 from services.common.config import SettingsError
 from services.common.s3 import ensure_bucket, make_client
+from services.media_worker.cancellation import CancellationListener
 from services.media_worker.client import WorkerClient
 from services.media_worker.consumer import Consumer
 from services.media_worker.generators.base import Generator
@@ -75,6 +76,7 @@ class MediaWorker:
             timeout_seconds=settings.rpc_timeout_seconds,
             attempts=settings.rpc_attempts,
             max_message_bytes=settings.server.max_message_bytes,
+            tls=settings.server.tls,
         )
         storage = Storage(self._s3, settings.s3.bucket, attempts=settings.upload_attempts)
         runner = JobRunner(
@@ -90,6 +92,7 @@ class MediaWorker:
                 input_image_max_bytes=settings.input_image_max_bytes,
                 work_dir=settings.work_dir,
             ),
+            listener=CancellationListener(self._nc),
         )
         self._consumer = Consumer(
             self._js,
@@ -108,6 +111,14 @@ class MediaWorker:
                 "generator": getattr(self.generator, "name", type(self.generator).__name__),
             },
         )
+
+    # --- readiness checks (see __main__) ----------------------------------------------------
+
+    async def nats_ok(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
+
+    async def job_service_ok(self) -> bool:
+        return self._client is not None and await self._client.reachable()
 
     async def _connect(self) -> Client:
         return await jetstream.connect(self.settings.nats_url, "media_worker")

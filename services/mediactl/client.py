@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -10,9 +11,10 @@ from typing import cast
 import grpc
 
 from services.common.auth import bearer_metadata
-from services.common.config import env_int
+from services.common.config import SettingsError, TlsSettings, env_int
 from services.common.errors import field_violations
 from services.common.server import channel_options
+from services.common.tls import sync_channel
 
 JOB_SERVICE_ENV = "JOB_SERVICE_ADDR"
 NOTIFIER_ENV = "NOTIFIER_ADDR"
@@ -95,9 +97,17 @@ class Connection:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.primary_user_agent", "mediactl"),
         ]
-        if self.tls:
-            return grpc.secure_channel(addr, grpc.ssl_channel_credentials(), options)
-        return grpc.insecure_channel(addr, options)
+        try:
+            settings = TlsSettings.from_env()
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
+        # --tls turns TLS on with the system's roots; TLS_CA_FILE and TLS_CLIENT_CERT_FILE /
+        # TLS_CLIENT_KEY_FILE (mutual TLS) imply it.
+        settings = dataclasses.replace(settings, enabled=settings.enabled or self.tls)
+        try:
+            return sync_channel(addr, settings, options=options)
+        except SettingsError as exc:  # an unreadable certificate file
+            raise ConfigError(str(exc)) from None
 
 
 def describe_rpc_error(error: grpc.RpcError) -> list[str]:

@@ -308,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"deadline of each unary call in seconds (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
     group.add_argument(
-        "--tls", action="store_true", default=argparse.SUPPRESS, help="connect with TLS"
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="connect with TLS (env TLS_ENABLED; TLS_CA_FILE, TLS_CLIENT_CERT_FILE and "
+        "TLS_CLIENT_KEY_FILE choose the roots and the client certificate)",
     )
 
     parser = _Parser(

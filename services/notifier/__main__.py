@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client
+
 from media.v1 import notifier_service_pb2_grpc
 from services.common import jetstream
 from services.common.logs import configure_logging
+from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
+from services.common.tracing import setup_tracing
 from services.notifier.hub import EventHub
-from services.notifier.jobs import JobReader, job_service_channel
+from services.notifier.jobs import JobReader, job_service_channel, job_service_reachable
 from services.notifier.servicer import SERVICE_NAME, NotifierService
 from services.notifier.settings import NotifierSettings
 
@@ -19,7 +23,10 @@ log = logging.getLogger("services.notifier")
 
 async def serve(settings: NotifierSettings) -> None:
     install_blocking_pool(settings.server.blocking_threads)
-    channel = job_service_channel(settings.job_service_addr, settings.server.max_message_bytes)
+    serve_metrics()
+    channel = job_service_channel(
+        settings.job_service_addr, settings.server.max_message_bytes, settings.server.tls
+    )
     nc = await jetstream.connect(settings.nats_url, "notifier")
     try:
         js = nc.jetstream()
@@ -34,6 +41,8 @@ async def serve(settings: NotifierSettings) -> None:
             hub, JobReader(channel, timeout_seconds=settings.get_job_timeout_seconds)
         )
         host = ServiceHost("notifier", settings.server)
+        host.add_check("nats", lambda: _connected(nc))
+        host.add_check("job_service", lambda: job_service_reachable(channel))
         host.add(
             SERVICE_NAME, notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server, servicer
         )
@@ -51,8 +60,13 @@ async def serve(settings: NotifierSettings) -> None:
     log.info("notifier stopped")
 
 
+async def _connected(nc: Client) -> bool:
+    return bool(nc.is_connected)
+
+
 def main() -> None:
     configure_logging("notifier")
+    setup_tracing("notifier")
     asyncio.run(serve(NotifierSettings.from_env()))
 
 

@@ -22,13 +22,18 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from opentelemetry.trace import SpanKind
 
 from media.v1 import events_pb2, job_pb2
+from services.common import logs, tracing
 from services.common.jetstream import EVENTS_STREAM, event_subject
 
 log = logging.getLogger(__name__)
 
 _SUBJECT_PREFIX = event_subject("")
+_TERMINAL = frozenset(
+    {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
+)
 
 
 class Signal(enum.Enum):
@@ -169,9 +174,22 @@ class EventHub:
         group = self._watchers.get(job_id)
         if not group:
             return
+        # The event continues the trace of the change that caused it (its outbox row's context).
+        with (
+            logs.job_context(job_id),
+            tracing.span(
+                "notify watchers",
+                parent=tracing.context_from_headers(msg.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={"media.job_id": job_id, "media.watchers": len(group)},
+            ),
+        ):
+            self._fan_out(job_id, msg.data, group)
+
+    def _fan_out(self, job_id: str, data: bytes, group: set[Watcher]) -> None:
         event = events_pb2.JobEvent()
         try:
-            event.ParseFromString(msg.data)
+            event.ParseFromString(data)
         except DecodeError:
             log.warning("undecodable job event dropped", extra={"job_id": job_id})
             return
@@ -185,3 +203,12 @@ class EventHub:
             if not watcher.offer(event.job):
                 self.lagged_total += 1
                 log.info("watcher lagging, it will resync", extra={"job_id": job_id})
+        if event.job.status in _TERMINAL:
+            log.info(
+                "job finished, watchers notified",
+                extra={
+                    "job_id": job_id,
+                    "status": job_pb2.JobStatus.Name(event.job.status),
+                    "watchers": len(group),
+                },
+            )

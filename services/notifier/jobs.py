@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from services.common import tracing
+from services.common.config import TlsSettings
 from services.common.server import channel_options
+from services.common.tls import aio_channel
 
 # GetJob is a read, so a transport failure is safe to retry a few times before giving up.
 _SERVICE_CONFIG = json.dumps(
@@ -34,15 +38,33 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def job_service_channel(addr: str, max_message_bytes: int) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
+def job_service_channel(
+    addr: str, max_message_bytes: int, tls: TlsSettings | None = None
+) -> grpc.aio.Channel:
+    return aio_channel(
         addr,
+        tls or TlsSettings(),
         options=[
             *channel_options(max_message_bytes),
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 1),
+            # Reconnect soon after job_service comes back (gRPC's backoff grows to 2 minutes).
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
+        interceptors=tracing.client_interceptors(),
     )
+
+
+async def job_service_reachable(channel: grpc.aio.Channel, timeout_seconds: float = 2.0) -> bool:
+    """Whether job_service answers at all (its "liveness" health name): the notifier's readiness.
+    Not job_service's own readiness, which flips during its rolling updates."""
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="liveness"), timeout=timeout_seconds
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 class UpstreamError(Exception):
@@ -96,6 +118,9 @@ class JobReader:
                 job_service_pb2.GetJobRequest(job_id=job_id),
                 metadata=(("authorization", authorization),),
                 timeout=self._timeout,
+                # Within the deadline, wait out a reconnect (job_service restarting) instead of
+                # failing the watch at once.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
             raise UpstreamError(_status_of(exc)) from None

@@ -15,6 +15,7 @@ from services.common.errors import invalid_argument, unavailable
 from services.common.ids import parse_uuid
 from services.notifier.hub import EventHub, Signal, Watcher
 from services.notifier.jobs import JobReader, UpstreamError
+from services.notifier.metrics import ACTIVE_WATCH_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class NotifierService(notifier_service_pb2_grpc.NotifierServiceServicer):
             raise invalid_argument([("job_id", "must be a UUID in canonical form")])
         job_id = str(parsed)  # events are published under the lower-case form
         self.active_streams += 1
+        ACTIVE_WATCH_STREAMS.inc()
         log.debug("watch started", extra={"job_id": job_id})
         try:
             # Registered before the first read, so every change after that read reaches us.
@@ -77,6 +79,7 @@ class NotifierService(notifier_service_pb2_grpc.NotifierServiceServicer):
             await context.abort_with_status(exc.status)
         finally:
             self.active_streams -= 1
+            ACTIVE_WATCH_STREAMS.dec()
             log.debug("watch ended", extra={"job_id": job_id})
 
     async def _changes(

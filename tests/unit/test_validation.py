@@ -124,17 +124,17 @@ def test_list_page_size_is_coerced_and_filters_checked() -> None:
 
 
 def test_complete_request_checks_outputs() -> None:
+    job_id = "01a209ac-9f4e-7224-8e25-1337f2bc5bcc"
     good = job_pb2.Output(
         index=0,
         bucket="b",
-        key="k",
+        key=f"jobs/{job_id}/1/output-0.png",
         content_type="image/png",
         byte_size=1,
         width=1,
         height=1,
         sha256="00",
     )
-    job_id = "01a209ac-9f4e-7224-8e25-1337f2bc5bcc"
     ok = worker_service_pb2.CompleteJobRequest(
         job_id=job_id, attempt=1, success=worker_service_pb2.JobSuccess(outputs=[good])
     )
@@ -148,6 +148,27 @@ def test_complete_request_checks_outputs() -> None:
         worker_service_pb2.CompleteJobRequest(
             job_id=job_id, attempt=1, failure=worker_service_pb2.JobFailure(code=0)
         ),
+        # Another job's object, too many outputs, a duration that is not a number.
+        _with_output(ok, key="jobs/01a209ac-9f4e-7224-8e25-000000000000/1/output-0.png"),
+        _with_output(ok, key="output-0.png"),
+        _with_output(ok, duration_seconds=float("nan")),
+        worker_service_pb2.CompleteJobRequest(
+            job_id=job_id,
+            attempt=1,
+            success=worker_service_pb2.JobSuccess(
+                outputs=[_with_output(ok, index=i).success.outputs[0] for i in range(5)]
+            ),
+        ),
     ]:
         with pytest.raises(RpcError):
             validation.complete_request(bad)
+
+
+def _with_output(
+    request: worker_service_pb2.CompleteJobRequest, **changes: object
+) -> worker_service_pb2.CompleteJobRequest:
+    changed = worker_service_pb2.CompleteJobRequest()
+    changed.CopyFrom(request)
+    for name, value in changes.items():
+        setattr(changed.success.outputs[0], name, value)
+    return changed

@@ -66,7 +66,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "outbox",
-        sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+        sa.Column("id", sa.Uuid, primary_key=True),
         sa.Column("subject", sa.Text, nullable=False),
         sa.Column("payload", sa.LargeBinary, nullable=False),
         sa.Column(

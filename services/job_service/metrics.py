@@ -1,0 +1,71 @@
+"""job_service's own Prometheus metrics (deploy/prometheus/metrics.yaml). The per-job counters
+are bumped where the change happens; the gauges are set by the sampler (sampler.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from media.v1 import job_pb2
+
+KINDS = {job_pb2.MEDIA_KIND_IMAGE: "image", job_pb2.MEDIA_KIND_VIDEO: "video"}
+STATUSES = {
+    job_pb2.JOB_STATUS_QUEUED: "queued",
+    job_pb2.JOB_STATUS_RUNNING: "running",
+    job_pb2.JOB_STATUS_SUCCEEDED: "succeeded",
+    job_pb2.JOB_STATUS_FAILED: "failed",
+    job_pb2.JOB_STATUS_CANCELED: "canceled",
+}
+TERMINAL = (job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED)
+ACTIVE = (job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING)
+
+JOBS_CREATED = Counter(
+    "media_jobs_created_total",
+    "Jobs created (a retried CreateJob with the same request_id is not counted again).",
+    ["kind"],
+)
+JOBS_COMPLETED = Counter(
+    "media_jobs_completed_total",
+    "Jobs that reached a terminal status (succeeded, failed or canceled).",
+    ["kind", "status"],
+)
+QUEUE_DEPTH = Gauge(
+    "media_queue_depth",
+    "Jobs in status queued, read from the database every few seconds.",
+    ["kind"],
+)
+OLDEST_AGE = Gauge(
+    "media_job_oldest_age_seconds",
+    "Age of the oldest job in status queued or running (seconds since it entered that status), "
+    "0 when there is none.",
+    ["kind", "status"],
+)
+CONSUMER_PENDING = Gauge(
+    "media_consumer_pending_messages",
+    "Dispatch messages of the consumer worker-<kind> not yet delivered plus delivered and not "
+    "yet acknowledged.",
+    ["kind"],
+)
+OUTBOX_PENDING = Gauge("media_outbox_pending", "Outbox rows not yet published to JetStream.")
+OUTBOX_LAG = Gauge(
+    "media_outbox_lag_seconds",
+    "Age of the oldest unpublished outbox row, 0 when the outbox is empty.",
+)
+
+# Resolved once: these are bumped on the request path.
+_created = {kind: JOBS_CREATED.labels(name) for kind, name in KINDS.items()}
+_completed = {
+    (kind, status): JOBS_COMPLETED.labels(kind_name, STATUSES[status])
+    for kind, kind_name in KINDS.items()
+    for status in TERMINAL
+}
+
+
+def job_created(kind: int) -> None:
+    _created[kind].inc()
+
+
+def job_finished(kind: int, status: int) -> None:
+    """Counts a transition into a terminal status (ignores any other status)."""
+    counter = _completed.get((kind, status))
+    if counter is not None:
+        counter.inc()

@@ -1,0 +1,119 @@
+"""Hearing at once that a running job was canceled or taken over by another attempt.
+
+While it holds a job, the worker subscribes (core NATS) to the job's status events,
+media.events.<job_id>, which job_service publishes after every change. The subscription is made
+before the claim, so every change committed after the claim reaches it. An event that says the
+job is finished (canceled by its owner, or completed elsewhere) or that a newer attempt owns it
+fires the stop callback, which cancels the generation there and then, instead of at the next
+ReportProgress. That refusal stays the fallback for an event lost to a NATS outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from media.v1 import events_pb2, job_pb2
+from services.common.jetstream import event_subject
+
+log = logging.getLogger(__name__)
+
+StopFn = Callable[[str], None]
+
+_FINISHED = frozenset({job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED})
+
+
+def stop_reason(job: job_pb2.Job, attempt: int) -> str | None:
+    """Why attempt `attempt` must stop, given the job's state `job`; None: carry on."""
+    if job.status == job_pb2.JOB_STATUS_CANCELED:
+        return "canceled by its owner"
+    if job.attempt > attempt:
+        return f"attempt {attempt} superseded by attempt {job.attempt}"
+    if job.status in _FINISHED and job.attempt != attempt:
+        return f"already {job_pb2.JobStatus.Name(job.status)}"
+    return None
+
+
+class JobWatch:
+    """The status events of one job while this worker holds it."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._sub: Subscription | None = None
+        self._latest: job_pb2.Job | None = None
+        self._attempt = 0
+        self._on_stop: StopFn | None = None
+
+    def arm(self, attempt: int, on_stop: StopFn) -> None:
+        """From now on, an event that ends `attempt` calls on_stop (once). Events that arrived
+        between the subscription and the claim are looked at first."""
+        self._attempt = attempt
+        self._on_stop = on_stop
+        if self._latest is not None:
+            self._consider(self._latest)
+
+    def disarm(self) -> None:
+        """No more stops: the attempt is over and reports its own result now."""
+        self._on_stop = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        event = events_pb2.JobEvent()
+        try:
+            event.ParseFromString(msg.data)
+        except DecodeError:
+            return
+        if event.job.id != self.job_id:
+            return
+        if self._latest is None or event.job.version > self._latest.version:
+            self._latest = event.job
+        if self._on_stop is not None:
+            self._consider(event.job)
+
+    def _consider(self, job: job_pb2.Job) -> None:
+        reason = stop_reason(job, self._attempt)
+        if reason is None or self._on_stop is None:
+            return
+        on_stop, self._on_stop = self._on_stop, None
+        log.info("stop signal received: %s", reason, extra={"job_id": self.job_id})
+        on_stop(reason)
+
+    async def close(self) -> None:
+        self.disarm()
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class CancellationListener:
+    def __init__(self, nc: Client | None, *, flush_timeout_seconds: float = 2.0) -> None:
+        self._nc = nc
+        self._flush_timeout = flush_timeout_seconds
+
+    async def watch(self, job_id: str) -> JobWatch:
+        """Subscribes to the job's events and waits until the server has the subscription.
+        Never raises: without NATS the watch stays silent and ReportProgress does its job."""
+        watch = JobWatch(job_id)
+        if self._nc is None or not self._nc.is_connected:
+            return watch
+        try:
+            watch._sub = await self._nc.subscribe(event_subject(job_id), cb=watch._on_message)
+            # The claim must not go out before the server knows about the subscription.
+            await self._nc.flush(timeout=self._flush_timeout)
+        except asyncio.CancelledError:
+            await watch.close()
+            raise
+        except Exception as exc:
+            log.warning(
+                "cannot listen for cancellation (%r); relying on progress reports",
+                exc,
+                extra={"job_id": job_id},
+            )
+        return watch
