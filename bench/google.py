@@ -20,6 +20,7 @@ import asyncio
 import os
 import secrets
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,16 @@ async def google_throughput(
     """One Run per concurrency, each on a freshly started worker process."""
     api_key = f"bench-key-{secrets.token_hex(8)}"
     root = run_dir or Path(tempfile.mkdtemp(prefix="bench-google-"))
+    try:
+        return await _throughput(root, api_key, delay, concurrencies, jobs_per_slot)
+    finally:
+        if run_dir is None:  # ours: data and logs of a finished run are of no further use
+            await asyncio.to_thread(shutil.rmtree, root, True)
+
+
+async def _throughput(
+    root: Path, api_key: str, delay: float, concurrencies: Sequence[int], jobs_per_slot: int
+) -> list[Run]:
     runs: list[Run] = []
     with fake_process(delay, api_key) as fake_url:
         base_env = google_worker_env(

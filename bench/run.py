@@ -4,7 +4,9 @@ Starts the stack as `make up` does (or uses the one `make up` left running) and 
 this separate process:
   1. CreateJob throughput against a bare gRPC unary call on this machine (ratio);
   2. dispatch latency: CreateJob to a worker claiming the job (p50, p99);
-  3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99).
+  3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99);
+  4. image jobs per second through one worker process against the Google fake with a fixed
+     delay per call, at 1, 2 and 4 jobs in flight (bench/google.py).
 """
 
 from __future__ import annotations
@@ -199,6 +201,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)))
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", 200)))
+    parser.add_argument(
+        "--fake-delay",
+        type=float,
+        default=float(os.environ.get("BENCH_FAKE_DELAY", "0.5")),
+        help="seconds per call of the Google fake in the worker-pool figures (0 skips them)",
+    )
     args = parser.parse_args()
 
     from services.devstack import bench_stack
@@ -211,6 +219,13 @@ def main() -> None:
                 addrs.job_service_addr, addrs.notifier_addr, bench_token(addrs), bare_addr, args
             )
         )
+    if args.fake_delay > 0:
+        # Sizing worker pools: image jobs through the real google-genai SDK against the fake.
+        from bench.google import google_throughput, report
+
+        print("worker throughput against the Google fake (stack of its own) ...", flush=True)
+        for line in report(asyncio.run(google_throughput(delay=args.fake_delay)), args.fake_delay):
+            print(line)
 
 
 if __name__ == "__main__":

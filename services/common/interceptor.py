@@ -67,7 +67,7 @@ def wrap_handler(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMe
 def _wrap_unary_unary(
     full_method: str, service: str, method: str, handler: grpc.RpcMethodHandler
 ) -> grpc.RpcMethodHandler:
-    inner = handler.unary_unary
+    inner = _decoded_unary(handler.unary_unary)
     stats = RpcStats(service, method, timed=True)
     job_field = _has_job_id(handler)
     span_name = full_method.lstrip("/")
@@ -107,7 +107,7 @@ def _wrap_unary_unary(
 
     return grpc.unary_unary_rpc_method_handler(
         unary_unary,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -115,7 +115,7 @@ def _wrap_unary_unary(
 def _wrap_unary_stream(
     full_method: str, service: str, method: str, handler: grpc.RpcMethodHandler
 ) -> grpc.RpcMethodHandler:
-    inner = handler.unary_stream
+    inner = _decoded_stream(handler.unary_stream)
     stats = RpcStats(service, method, timed=False)
     job_field = _has_job_id(handler)
     span_name = full_method.lstrip("/")
@@ -148,7 +148,7 @@ def _wrap_unary_stream(
 
     return grpc.unary_stream_rpc_method_handler(
         unary_stream,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -192,3 +192,48 @@ async def _abort(exc: BaseException, context: grpc.aio.ServicerContext, method: 
         raise exc
     log.error("unhandled error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class _Undecodable:
+    """Stands in for a request body that does not parse (corrupt wire format, invalid UTF-8 in
+    a string field): grpc would answer UNKNOWN with the parser's exception; the handler wrappers
+    below answer INVALID_ARGUMENT instead."""
+
+    job_id = ""  # read by the log binding above
+
+    def __init__(self, error: RpcError) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return _Undecodable(
+                RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse: {exc}")
+            )
+
+    return deserialize
+
+
+def _decoded_unary(inner: Any) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        return await inner(request, context)
+
+    return call
+
+
+def _decoded_stream(inner: Any) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        async for response in inner(request, context):
+            yield response
+
+    return call

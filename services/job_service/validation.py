@@ -233,6 +233,11 @@ def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUI
                 bad.append((f"{where}.key", f"must be under jobs/{parsed}/"))
             if o.url:
                 bad.append((f"{where}.url", "is minted at read time and must not be sent"))
+        if s.HasField("generation_time") and not (
+            0 <= s.generation_time.seconds <= _MAX_DURATION_SECONDS
+            and 0 <= s.generation_time.nanos < 1_000_000_000
+        ):
+            bad.append(("success.generation_time", "must be between 0 and 24 hours"))
         for name in ("model", "status_message"):
             if len(getattr(s, name)) > 500 or "\x00" in getattr(s, name):
                 bad.append((f"success.{name}", "must be at most 500 characters, without NUL"))

@@ -51,18 +51,13 @@ class Consumer:
         self._kinds = kinds
         self._handler = handler
         self._ensure = ensure
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._busy = 0  # jobs running; a fetch waits until this is below the concurrency
+        self._room = asyncio.Event()  # set whenever a job ends
         self._fetch_timeout = fetch_timeout_seconds
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._jobs: dict[asyncio.Task[None], Msg] = {}
-        if concurrency < len(kinds):
-            log.warning(
-                "WORKER_CONCURRENCY %d is below the number of kinds %d: an idle kind holds a "
-                "slot while it waits, so the other kinds get theirs later",
-                concurrency,
-                len(kinds),
-            )
 
     @property
     def in_flight(self) -> int:
@@ -75,28 +70,29 @@ class Consumer:
     async def _subscribe(self, kind: str) -> JetStreamContext.PullSubscription:
         return await self._js.pull_subscribe_bind(worker_consumer(kind), stream=DISPATCH_STREAM)
 
-    async def _reserve_slot(self) -> bool:
-        """Waits for a free slot; False when the worker started stopping meanwhile."""
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not acquire.done():
-                acquire.cancel()
-            await asyncio.gather(acquire, return_exceptions=True)
-        got = acquire.done() and not acquire.cancelled() and acquire.exception() is None
-        if got and self._stopping.is_set():
-            self._slots.release()
-            return False
-        return got
+    async def _wait_for_capacity(self) -> bool:
+        """Waits until fewer than `concurrency` jobs run; False when the worker is stopping.
+
+        The fetch that follows does not hold a slot while it long-polls: an idle kind must not
+        keep a busy kind waiting. The price is that each kind's loop may see the same free slot,
+        so up to (number of kinds - 1) jobs beyond the concurrency can run for a moment.
+        """
+        while self._busy >= self._concurrency and not self._stopping.is_set():
+            self._room.clear()
+            room = asyncio.ensure_future(self._room.wait())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({room, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                stopping.cancel()
+        return not self._stopping.is_set()
 
     async def _fetch_loop(self, kind: str) -> None:
         sub: JetStreamContext.PullSubscription | None = None
         last_check = time.monotonic()
         while not self._stopping.is_set():
-            if not await self._reserve_slot():
+            if not await self._wait_for_capacity():
                 return
             msgs: list[Msg] = []
             try:
@@ -119,26 +115,24 @@ class Consumer:
                         await sub.unsubscribe()
                     sub = None
                 await self._recover()
-            finally:
-                if not msgs:
-                    self._slots.release()
             for msg in msgs:
                 if self._stopping.is_set():
                     # Fetched while stopping: hand it straight back.
                     with contextlib.suppress(Exception):
                         await msg.nak()
-                    self._slots.release()
                     continue
                 self._spawn(msg)
 
     def _spawn(self, msg: Msg) -> None:
+        self._busy += 1
         task = asyncio.create_task(self._handler(msg))
         self._jobs[task] = msg
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._jobs.pop(task, None)
-        self._slots.release()
+        self._busy -= 1
+        self._room.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job handler crashed", exc_info=task.exception())
 

@@ -9,20 +9,22 @@ depends on timing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import av
+import grpc
 import pytest
 import pytest_asyncio
 from PIL import Image
 
-from media.v1 import job_pb2, job_service_pb2
-from tests.conftest import Clients
+from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
+from tests.conftest import Clients, workers_paused
 from tests.e2e.google_stack import GoogleStack, google_worker_env, start_google_stack
-from tests.e2e.helpers import as_file, create, fetch, wait_terminal, watch_all
+from tests.e2e.helpers import WAIT_SECONDS, as_file, create, fetch, wait_terminal
 from tests.fakes.gemini_fake import FakeGemini
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +37,8 @@ FAILED = job_pb2.JOB_STATUS_FAILED
 API_KEY = f"fake-key-{secrets.token_hex(12)}"
 MAX_ATTEMPTS = 2
 GOOGLE_RETRY_ATTEMPTS = 3
-VIDEO_DEADLINE_SECONDS = 6  # the never-finishing operation waits this long
+# The never-finishing operation waits this long; a video that does finish needs about 1-2 s.
+VIDEO_DEADLINE_SECONDS = 10
 VEO = "veo-3.1-generate-preview"
 IMAGEN = "imagen-4.0-generate-001"
 GEMINI = "gemini-2.5-flash-image"  # the worker's default image model
@@ -93,6 +96,29 @@ async def run_image(clients: Clients, **params: object) -> job_pb2.Job:
         clients, clients.alice, image=job_pb2.ImageParams(prompt="a lighthouse at dusk", **params)
     )
     return await wait_terminal(clients, clients.alice, job.id)
+
+
+async def create_and_watch(
+    clients: Clients, stack: GoogleStack, **params: object
+) -> list[job_pb2.Job]:
+    """Creates a job and returns every state a watcher saw, from the very first: the worker is
+    frozen until the watch has begun, so no change can slip by before the watcher listens."""
+    with workers_paused(stack.services):
+        job = await create(clients, clients.alice, **params)
+        call = clients.notifier.WatchJob(
+            notifier_service_pb2.WatchJobRequest(job_id=job.id), metadata=clients.alice
+        )
+        first = await asyncio.wait_for(call.read(), WAIT_SECONDS)
+    assert first is not grpc.aio.EOF
+    seen = [first.job]
+    assert seen[0].status == job_pb2.JOB_STATUS_QUEUED and seen[0].attempt == 0
+
+    async def rest() -> None:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            seen.append(message.job)
+
+    await asyncio.wait_for(rest(), WAIT_SECONDS)
+    return seen
 
 
 async def check_image_outputs(
@@ -168,12 +194,14 @@ async def test_imagen_image_job_succeeds(gclients, fake) -> None:
     assert call.body["parameters"]["sampleCount"] == 2
 
 
-async def test_veo_video_job_succeeds_with_progress_while_polling(gclients, fake) -> None:
+async def test_veo_video_job_succeeds_with_progress_while_polling(
+    gclients, fake, google_stack
+) -> None:
     # Several polls before the operation is done, so the watcher sees the waiting reported.
     fake.operation_polls = 8
-    job = await create(
+    events = await create_and_watch(
         gclients,
-        gclients.alice,
+        google_stack,
         video=job_pb2.VideoParams(
             prompt="waves on a beach",
             model=VEO,
@@ -181,7 +209,6 @@ async def test_veo_video_job_succeeds_with_progress_while_polling(gclients, fake
             duration_seconds=6,
         ),
     )
-    events = await watch_all(gclients, gclients.alice, job.id)
     done = events[-1]
     assert done.status == SUCCEEDED, done.error
     polling = [
@@ -198,7 +225,7 @@ async def test_veo_video_job_succeeds_with_progress_while_polling(gclients, fake
     [output] = done.outputs
     data = await fetch(output.url)
     assert [sha256(data)] == [sha256(v) for v in fake.served_videos] == [output.sha256]
-    assert output.content_type == "video/mp4" and output.key.startswith(f"jobs/{job.id}/1/")
+    assert output.content_type == "video/mp4" and output.key.startswith(f"jobs/{done.id}/1/")
     with av.open(as_file(data)) as container:
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -233,12 +260,13 @@ async def test_safety_block_fails_at_once_with_the_models_reason(
     assert len(fake.calls(method)) == 1  # neither retried by the generator nor redelivered
 
 
-async def test_rate_limit_storm_exhausts_every_attempt_and_names_the_cause(gclients, fake) -> None:
+async def test_rate_limit_storm_exhausts_every_attempt_and_names_the_cause(
+    gclients, fake, google_stack
+) -> None:
     fake.fail("generateContent", 429, times=None)
-    job = await create(
-        gclients, gclients.alice, image=job_pb2.ImageParams(prompt="a storm", size="1024x1024")
+    events = await create_and_watch(
+        gclients, google_stack, image=job_pb2.ImageParams(prompt="a storm", size="1024x1024")
     )
-    events = await watch_all(gclients, gclients.alice, job.id)
     done = events[-1]
     assert done.status == FAILED
     assert done.error.code == ErrorCode.ERROR_CODE_ATTEMPTS_EXHAUSTED, done.error

@@ -9,6 +9,7 @@ cannot take its jobs), the shared S3 with a bucket of its own, and known secret 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import re
 import secrets
@@ -146,9 +147,7 @@ async def secure(
         known["WORKER_TOKEN"] = services.workers[0].env["WORKER_TOKEN"]
         known["TLS_KEY"] = _key_body(server.key)
         known["TLS_CLIENT_KEY"] = _key_body(client.key)
-        yield Secure(
-            services, own, secret, known, root / "run", ca, client, deps.s3_client()
-        )
+        yield Secure(services, own, secret, known, root / "run", ca, client, deps.s3_client())
     finally:
         if services is not None:
             await asyncio.to_thread(services.stop, 10)
@@ -402,9 +401,7 @@ async def test_presigned_urls_carry_the_configured_lifetime_and_keys_hide_the_us
         assert subject not in text and urllib.parse.quote(subject) not in text
 
 
-def _amz_date(value: str):  # type: ignore[no-untyped-def]
-    import datetime as dt
-
+def _amz_date(value: str) -> dt.datetime:
     return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
 
 

@@ -59,9 +59,7 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
         assert second.attempt == 2
         for attempt in (1, 3):  # the superseded attempt, and one never handed out
             assert (
-                await _code(
-                    workers.CompleteJob(_success(job.id, attempt), metadata=clients.worker)
-                )
+                await _code(workers.CompleteJob(_success(job.id, attempt), metadata=clients.worker))
                 == grpc.StatusCode.FAILED_PRECONDITION
             )
         failure = worker_service_pb2.CompleteJobRequest(

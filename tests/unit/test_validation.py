@@ -152,6 +152,8 @@ def test_complete_request_checks_outputs() -> None:
         _with_output(ok, key="jobs/01a209ac-9f4e-7224-8e25-000000000000/1/output-0.png"),
         _with_output(ok, key="output-0.png"),
         _with_output(ok, duration_seconds=float("nan")),
+        _with_generation_seconds(ok, 2**62),  # would overflow the column
+        _with_generation_seconds(ok, -1),
         worker_service_pb2.CompleteJobRequest(
             job_id=job_id,
             attempt=1,
@@ -171,4 +173,13 @@ def _with_output(
     changed.CopyFrom(request)
     for name, value in changes.items():
         setattr(changed.success.outputs[0], name, value)
+    return changed
+
+
+def _with_generation_seconds(
+    request: worker_service_pb2.CompleteJobRequest, seconds: int
+) -> worker_service_pb2.CompleteJobRequest:
+    changed = worker_service_pb2.CompleteJobRequest()
+    changed.CopyFrom(request)
+    changed.success.generation_time.seconds = seconds
     return changed
