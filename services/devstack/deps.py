@@ -506,6 +506,20 @@ class Dependencies:
             }
         return env
 
+    def create_database(self, name: str) -> str:
+        """Creates an empty database on this Postgres server and returns its URL: a stack of
+        its own for a test, beside the shared one."""
+        import sqlalchemy as sa
+
+        admin = sa.create_engine(self.database_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        url = sa.make_url(self.database_url).set(database=name)
+        return url.render_as_string(hide_password=False)
+
     def s3_client(self) -> Any:
         """A boto3 S3 client for this endpoint, with moto's credentials when moto is ours
         (boto3 will not send an unsigned request, and moto accepts any signature)."""

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg2
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.engine import make_url
 
 from media.v1 import (
     job_pb2,
@@ -218,20 +216,6 @@ class OwnStack:
     secret: str
 
 
-def _create_database(admin_url: str, name: str) -> str:
-    url = make_url(admin_url)
-    conn = psycopg2.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
-    )
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 @pytest_asyncio.fixture(scope="module")
 async def own_stack(
     deps: Dependencies, secret: str, tmp_path_factory: pytest.TempPathFactory
@@ -249,9 +233,7 @@ async def own_stack(
     services = None
     try:
         await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(
-            _create_database, deps.database_url, f"own_{os.urandom(4).hex()}"
-        )
+        database_url = await asyncio.to_thread(deps.create_database, f"own_{os.urandom(4).hex()}")
         own = Dependencies(
             database_url=database_url,
             nats_url=nats.url,

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psycopg2
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy.engine import make_url
 
 from media.v1 import (
     job_pb2,
@@ -79,20 +77,6 @@ class Secure:
         return sum(1 for o in listed.get("Contents", []) if o["Key"].endswith("/input"))
 
 
-def _create_database(admin_url: str, name: str) -> str:
-    url = make_url(admin_url)
-    conn = psycopg2.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
-    )
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 @pytest_asyncio.fixture(scope="module")
 async def secure(
     deps: Dependencies, tmp_path_factory: pytest.TempPathFactory
@@ -113,7 +97,7 @@ async def secure(
     try:
         await asyncio.to_thread(nats.start)
         database_url = await asyncio.to_thread(
-            _create_database, deps.database_url, f"secure_{os.urandom(4).hex()}"
+            deps.create_database, f"secure_{os.urandom(4).hex()}"
         )
         own = Dependencies(
             database_url=database_url,

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
-import sqlalchemy as sa
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from media.v1 import events_pb2, job_pb2
@@ -29,17 +28,11 @@ pytestmark = pytest.mark.integration
 def engine(deps):  # type: ignore[no-untyped-def]
     # A database of its own: the session's running job_service must not relay or claim these.
     name = f"outbox_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(deps.database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.make_url(deps.database_url).set(database=name).render_as_string(hide_password=False)
+    url = deps.create_database(name)
     migrate.upgrade(url)
     made = make_engine(url, 4)
     yield made
     made.dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 @pytest_asyncio.fixture
