@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install proto proto-check lint format test test-unit run up down bench clean
+.PHONY: install proto proto-check lint format test test-unit run up down bench soak clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ down: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# Load with faults (not part of `test`): SOAK_JOBS jobs over SOAK_SECONDS while workers are killed
+# and nats-server restarts; fails unless every job ends once with its outputs recorded once.
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf .run $(VENV)

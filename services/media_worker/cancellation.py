@@ -41,6 +41,13 @@ def stop_reason(job: job_pb2.Job, attempt: int) -> str | None:
     return None
 
 
+def job_over(reason: str) -> bool:
+    """Whether a reason to stop (from stop_reason, or the details of a WorkerService refusal)
+    means the job itself is finished, rather than handed to a newer attempt (job_service calls
+    that attempt stale: "attempt N of job J is stale (...)")."""
+    return "superseded" not in reason and " is stale " not in reason
+
+
 class JobWatch:
     """The status events of one job while this worker holds it."""
 

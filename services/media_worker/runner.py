@@ -34,7 +34,7 @@ from media.v1 import events_pb2, job_pb2
 from services.common import logs, tracing
 from services.media_worker import metrics as worker_metrics
 from services.media_worker.backoff import backoff_delay
-from services.media_worker.cancellation import CancellationListener, JobWatch
+from services.media_worker.cancellation import CancellationListener, JobWatch, job_over
 from services.media_worker.client import WorkerClient
 from services.media_worker.generators.base import (
     GenerationContext,
@@ -114,6 +114,7 @@ class ProgressReporter:
         self._sending = False
         self._target: asyncio.Task[Any] | None = None
         self.aborted = False
+        self.abort_reason = ""
         self._task = asyncio.create_task(self._loop(), name=f"progress-{job_id}")
 
     def watch(self, task: asyncio.Task[Any]) -> None:
@@ -126,6 +127,7 @@ class ProgressReporter:
         if self.aborted:
             return
         self.aborted = True
+        self.abort_reason = reason
         if self._target is not None:
             self._target.cancel()
 
@@ -155,9 +157,7 @@ class ProgressReporter:
                         exc.details(),
                         extra={"job_id": self._job_id},
                     )
-                    self.aborted = True
-                    if self._target is not None:
-                        self._target.cancel()
+                    self.abort(exc.details() or exc.code().name)
                     return
                 # A lost progress report is harmless; the next one or CompleteJob catches up.
                 log.warning(
@@ -335,8 +335,7 @@ class JobRunner:
                 watch.disarm()  # from here on the attempt reports its own result
             await reporter.close(grace_seconds=5.0)
         if outcome is None or reporter.aborted:
-            log.info("job canceled or superseded; acking", extra=extra)
-            await _settle(job_id, "ack", msg.ack)
+            await self._give_up(msg, job_id, attempt, reporter.abort_reason)
             return
 
         try:
@@ -380,6 +379,22 @@ class JobRunner:
         )
         await _settle(job_id, "ack", msg.ack)
 
+    async def _give_up(self, msg: Msg, job_id: str, attempt: int, reason: str) -> None:
+        """Ends an attempt that was canceled or superseded, without a result."""
+        extra = {"job_id": job_id, "attempt": attempt}
+        if job_over(reason):
+            log.info("job canceled or superseded (%s); acking", reason, extra=extra)
+            await _settle(job_id, "ack", msg.ack)
+            return
+        # A newer attempt holds a newer delivery of this very message. JetStream settles a
+        # message by stream sequence whatever delivery an ack comes from, so acking here would
+        # take it from under that attempt: if its worker then died, nothing would redeliver it.
+        log.info(
+            "job canceled or superseded (%s); leaving the message to the newer attempt",
+            reason,
+            extra=extra,
+        )
+
     async def _complete_refused(
         self, msg: Msg, job_id: str, attempt: int, exc: grpc.aio.AioRpcError
     ) -> None:
@@ -387,9 +402,9 @@ class JobRunner:
         code = exc.code()
         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
             # Canceled meanwhile, or a newer attempt owns the job. The uploaded objects are left
-            # alone: a newer attempt writes to the same keys.
-            log.info("CompleteJob refused (%s); acking", exc.details(), extra=extra)
-            await _settle(job_id, "ack", msg.ack)
+            # alone: they are under this attempt's keys, which nothing records.
+            log.info("CompleteJob refused (%s)", exc.details(), extra=extra)
+            await self._give_up(msg, job_id, attempt, exc.details() or code.name)
             return
         delay = self._backoff(attempt)
         log.error(
