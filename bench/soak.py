@@ -11,11 +11,12 @@ The last line is the verdict:
     soak: submitted N succeeded N failed N lost N duplicated N
 submitted: jobs accepted by CreateJob (each create is retried with its request_id until
 accepted). lost: jobs with no terminal state at the end of the grace period. duplicated: jobs
-with more outputs recorded, or more objects stored for the attempt that succeeded, than asked
-(or any output recorded for a job that did not succeed). Details go to stderr before it: stored
-objects whose size differs from the record (corrupt), objects left by superseded attempts, the
-status events in MEDIA_EVENTS (each job's versions must be there once each), and watchers that
-did not see their job finish. The exit code is 0 only when lost, duplicated and corrupt are 0.
+with more outputs recorded than asked, or any output object stored that no record points to
+(left by an attempt that died or was superseded), or any output recorded for a job that did not
+succeed. Details go to stderr before it: stored objects whose size differs from the record
+(corrupt), unrecorded objects, the status events in MEDIA_EVENTS (each job's versions must be
+there once each), and watchers that did not see their job finish. The exit code is 0 only when
+lost, duplicated and corrupt are 0.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ class Verdict:
     lost: int = 0
     duplicated: int = 0
     corrupt: int = 0
-    stale_objects: int = 0
+    unrecorded_objects: int = 0
     retried: int = 0  # jobs that needed more than one attempt (a fault hit them)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     versions: dict[str, int] = field(default_factory=dict)  # job ID -> its last version
@@ -353,24 +354,25 @@ def account(deps: Dependencies, tally: Tally) -> Verdict:
             continue
         verdict.versions[job.job_id] = int(row.version)
         verdict.retried += row.attempt > 1
+        objects = stored.get(job.job_id, {})
+        unrecorded = objects.keys() - {r.key for r in recorded}
+        verdict.unrecorded_objects += len(unrecorded)
         if row.status != job_pb2.JOB_STATUS_SUCCEEDED:
             verdict.failed += 1
             verdict.failures[job_pb2.ErrorCode.Name(row.error_code)] += 1
-            if recorded:
+            if recorded or unrecorded:
                 verdict.duplicated += 1
             continue
         verdict.succeeded += 1
         prefix = f"jobs/{job.job_id}/{row.attempt}/"
-        in_attempt = {k: v for k, v in stored.get(job.job_id, {}).items() if k.startswith(prefix)}
         if (
             len(recorded) > job.asked
-            or len(in_attempt) > job.asked
+            or unrecorded
             or any(not r.key.startswith(prefix) for r in recorded)
         ):
             verdict.duplicated += 1
-        if any(in_attempt.get(r.key) != r.byte_size for r in recorded):
+        if any(objects.get(r.key) != r.byte_size for r in recorded):
             verdict.corrupt += 1
-        verdict.stale_objects += len(stored.get(job.job_id, {})) - len(in_attempt)
     return verdict
 
 
@@ -453,8 +455,8 @@ def main() -> int:
         f"jobs retried after a fault {verdict.retried}; failures by cause {dict(verdict.failures)}"
     )
     log(
-        f"objects: corrupt {verdict.corrupt}, left by superseded attempts "
-        f"{verdict.stale_objects}; events: {events} read, {twice} stored twice, "
+        f"objects: corrupt {verdict.corrupt}, stored but not recorded "
+        f"{verdict.unrecorded_objects}; events: {events} read, {twice} stored twice, "
         f"{missing} missing; watchers: {tally.watches}, {len(tally.watch_missed)} missed the end"
     )
     log(f"logs: {run_dir / 'logs'}")

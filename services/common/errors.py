@@ -1,7 +1,8 @@
 """Turning failures into gRPC statuses the way Google's API guidelines do.
 
 Handlers raise `RpcError`; the server's interceptor turns it into a status with
-google.rpc details (BadRequest for bad fields, RetryInfo where a retry makes sense).
+google.rpc details (BadRequest for bad fields, RetryInfo where a retry makes sense, ErrorInfo
+where a program must tell one refusal from another without parsing the message).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# ErrorInfo reasons of FAILED_PRECONDITION refusals (metadata "status": the job's status name).
+ERROR_DOMAIN = "media.v1"
+JOB_FINISHED = "JOB_FINISHED"  # the job is in a terminal state
+ATTEMPT_STALE = "ATTEMPT_STALE"  # a newer attempt owns the job, or it went back to the queue
+
 
 @dataclass
 class RpcError(Exception):
@@ -20,6 +26,8 @@ class RpcError(Exception):
     message: str
     violations: list[tuple[str, str]] = field(default_factory=list)  # (field, description)
     retry_after_seconds: float | None = None
+    reason: str = ""  # google.rpc.ErrorInfo reason (one of the constants below)
+    metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo metadata
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -38,6 +46,11 @@ class RpcError(Exception):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if self.reason:
+            info = error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+            )
+            details.append(_pack(info))
         status = status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=details
         )
@@ -59,8 +72,9 @@ def not_found(what: str) -> RpcError:
     return RpcError(grpc.StatusCode.NOT_FOUND, f"{what} not found")
 
 
-def failed_precondition(message: str) -> RpcError:
-    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, message)
+def failed_precondition(message: str, reason: str = "", status: str = "") -> RpcError:
+    metadata = {"status": status} if status else {}
+    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, message, reason=reason, metadata=metadata)
 
 
 def unavailable(message: str) -> RpcError:
@@ -77,3 +91,14 @@ def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[tuple[
             detail.Unpack(bad)
             found += [(v.field, v.description) for v in bad.field_violations]
     return found
+
+
+def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata carried by a failed call; ("", {}) if it has none."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}

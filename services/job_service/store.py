@@ -27,7 +27,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from media.v1 import events_pb2, job_pb2, worker_service_pb2
 from services.common import jetstream, tracing
-from services.common.errors import failed_precondition, not_found
+from services.common.errors import (
+    ATTEMPT_STALE,
+    JOB_FINISHED,
+    RpcError,
+    failed_precondition,
+    not_found,
+)
 from services.common.ids import uuid7
 from services.job_service import metrics as job_metrics
 from services.job_service.records import TERMINAL, digest, output_rows, status_name, to_job
@@ -212,7 +218,9 @@ class Store:
                 return self._with_outputs(tx.conn, row)
             if row.status in TERMINAL:
                 raise failed_precondition(
-                    f"job {job_id} is {status_name(row.status)} and can no longer be canceled"
+                    f"job {job_id} is {status_name(row.status)} and can no longer be canceled",
+                    JOB_FINISHED,
+                    status_name(row.status),
                 )
             return self._transition(
                 tx,
@@ -229,7 +237,7 @@ class Store:
         with self._transaction() as tx:
             row = self._lock(tx.conn, job_id, None)
             if row.status in TERMINAL:
-                raise failed_precondition(f"job {job_id} is {status_name(row.status)}")
+                raise _finished(row)
             exhausted = row.attempt >= self.max_attempts
             if exhausted:
                 # Commit the failure first; the caller is refused after the transaction.
@@ -255,7 +263,11 @@ class Store:
                     started_at=row.started_at or _now(),
                 )
         if exhausted:
-            raise failed_precondition(f"job {job_id} has exhausted its attempts")
+            raise failed_precondition(
+                f"job {job_id} has exhausted its attempts",
+                JOB_FINISHED,
+                status_name(job_pb2.JOB_STATUS_FAILED),
+            )
         return job
 
     def report_progress(
@@ -278,7 +290,9 @@ class Store:
                     return self._with_outputs(tx.conn, row)  # a repeated CompleteJob
                 raise failed_precondition(
                     f"job {job_id} is already {status_name(row.status)}; a different result "
-                    "cannot be recorded"
+                    "cannot be recorded",
+                    JOB_FINISHED,
+                    status_name(row.status),
                 )
             self._check_attempt(row, request.attempt)
             if request.HasField("success"):
@@ -373,11 +387,13 @@ class Store:
 
     def _check_attempt(self, row: Any, attempt: int) -> None:
         if row.status in TERMINAL:
-            raise failed_precondition(f"job {row.id} is {status_name(row.status)}")
+            raise _finished(row)
         if attempt != row.attempt or row.status != job_pb2.JOB_STATUS_RUNNING:
             raise failed_precondition(
                 f"attempt {attempt} of job {row.id} is stale (current attempt {row.attempt}, "
-                f"status {status_name(row.status)})"
+                f"status {status_name(row.status)})",
+                ATTEMPT_STALE,
+                status_name(row.status),
             )
 
     def _transition(
@@ -474,6 +490,11 @@ def _event_row(job: job_pb2.Job, headers: dict[str, str] | None) -> dict[str, An
         "payload": events_pb2.JobEvent(job=job).SerializeToString(),
         "headers": headers,
     }
+
+
+def _finished(row: Any) -> RpcError:
+    status = status_name(row.status)
+    return failed_precondition(f"job {row.id} is {status}", JOB_FINISHED, status)
 
 
 def _now() -> Any:

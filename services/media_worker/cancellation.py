@@ -14,38 +14,51 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import grpc
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from media.v1 import events_pb2, job_pb2
+from services.common.errors import ATTEMPT_STALE, error_info
 from services.common.jetstream import event_subject
 
 log = logging.getLogger(__name__)
 
-StopFn = Callable[[str], None]
+
+@dataclass(frozen=True)
+class Stop:
+    """Why an attempt must stop. job_over: the job itself is finished (canceled, or completed
+    elsewhere), rather than handed to a newer attempt that now holds its message."""
+
+    reason: str
+    job_over: bool
+
+
+StopFn = Callable[[Stop], None]
 
 _FINISHED = frozenset({job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED})
 
 
-def stop_reason(job: job_pb2.Job, attempt: int) -> str | None:
+def stop_reason(job: job_pb2.Job, attempt: int) -> Stop | None:
     """Why attempt `attempt` must stop, given the job's state `job`; None: carry on."""
     if job.status == job_pb2.JOB_STATUS_CANCELED:
-        return "canceled by its owner"
+        return Stop("canceled by its owner", job_over=True)
     if job.attempt > attempt:
-        return f"attempt {attempt} superseded by attempt {job.attempt}"
+        return Stop(f"attempt {attempt} superseded by attempt {job.attempt}", job_over=False)
     if job.status in _FINISHED and job.attempt != attempt:
-        return f"already {job_pb2.JobStatus.Name(job.status)}"
+        return Stop(f"already {job_pb2.JobStatus.Name(job.status)}", job_over=True)
     return None
 
 
-def job_over(reason: str) -> bool:
-    """Whether a reason to stop (from stop_reason, or the details of a WorkerService refusal)
-    means the job itself is finished, rather than handed to a newer attempt (job_service calls
-    that attempt stale: "attempt N of job J is stale (...)")."""
-    return "superseded" not in reason and " is stale " not in reason
+def refusal_stop(exc: grpc.aio.AioRpcError) -> Stop:
+    """The Stop a WorkerService refusal (FAILED_PRECONDITION or NOT_FOUND) means: only a stale
+    attempt (ErrorInfo reason ATTEMPT_STALE) leaves the job to someone else."""
+    reason, _ = error_info(exc)
+    return Stop(exc.details() or exc.code().name, job_over=reason != ATTEMPT_STALE)
 
 
 class JobWatch:
@@ -88,7 +101,7 @@ class JobWatch:
         if reason is None or self._on_stop is None:
             return
         on_stop, self._on_stop = self._on_stop, None
-        log.info("stop signal received: %s", reason, extra={"job_id": self.job_id})
+        log.info("stop signal received: %s", reason.reason, extra={"job_id": self.job_id})
         on_stop(reason)
 
     async def close(self) -> None:

@@ -32,9 +32,10 @@ from opentelemetry.trace import SpanKind
 
 from media.v1 import events_pb2, job_pb2
 from services.common import logs, tracing
+from services.common.errors import JOB_FINISHED, error_info
 from services.media_worker import metrics as worker_metrics
 from services.media_worker.backoff import backoff_delay
-from services.media_worker.cancellation import CancellationListener, JobWatch, job_over
+from services.media_worker.cancellation import CancellationListener, JobWatch, Stop, refusal_stop
 from services.media_worker.client import WorkerClient
 from services.media_worker.generators.base import (
     GenerationContext,
@@ -113,8 +114,7 @@ class ProgressReporter:
         self._closing = False
         self._sending = False
         self._target: asyncio.Task[Any] | None = None
-        self.aborted = False
-        self.abort_reason = ""
+        self.stop: Stop | None = None  # set when told to stop
         self._task = asyncio.create_task(self._loop(), name=f"progress-{job_id}")
 
     def watch(self, task: asyncio.Task[Any]) -> None:
@@ -122,12 +122,15 @@ class ProgressReporter:
         if self.aborted:  # told to stop before the generation even started
             task.cancel()
 
-    def abort(self, reason: str) -> None:
+    @property
+    def aborted(self) -> bool:
+        return self.stop is not None
+
+    def abort(self, stop: Stop) -> None:
         """Stops the attempt now (the job was canceled or superseded: see cancellation.py)."""
-        if self.aborted:
+        if self.stop is not None:
             return
-        self.aborted = True
-        self.abort_reason = reason
+        self.stop = stop
         if self._target is not None:
             self._target.cancel()
 
@@ -157,7 +160,7 @@ class ProgressReporter:
                         exc.details(),
                         extra={"job_id": self._job_id},
                     )
-                    self.abort(exc.details() or exc.code().name)
+                    self.abort(refusal_stop(exc))
                     return
                 # A lost progress report is harmless; the next one or CompleteJob catches up.
                 log.warning(
@@ -277,6 +280,11 @@ class JobRunner:
         attempt = job.attempt
         extra = {"job_id": job_id, "attempt": attempt}
         log.info("job claimed", extra=extra)
+        if attempt > 1:
+            # An earlier attempt may have died after uploading; its objects are nobody's now.
+            await self._storage.discard_outputs(
+                job_id, lambda a: a < attempt, "left by earlier attempts"
+            )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._config.work_dir))
         try:
             await self._attempt(msg, dispatch, attempt, workdir, watch)
@@ -289,6 +297,13 @@ class JobRunner:
             log.info(
                 "job not runnable (%s), dropping message", exc.details(), extra={"job_id": job_id}
             )
+            reason, metadata = error_info(exc)
+            if reason == JOB_FINISHED and metadata.get("status") != "SUCCEEDED":
+                # Canceled, or failed with its attempts exhausted, while an attempt that had
+                # uploaded was dead: no record will point to anything it stored.
+                await self._storage.discard_outputs(
+                    job_id, lambda a: True, "the job ended without outputs"
+                )
             await _settle(job_id, "ack", msg.ack)
         elif code == grpc.StatusCode.NOT_FOUND:
             log.warning("job unknown to job_service, dropping message", extra={"job_id": job_id})
@@ -334,9 +349,13 @@ class JobRunner:
             if watch is not None:
                 watch.disarm()  # from here on the attempt reports its own result
             await reporter.close(grace_seconds=5.0)
-        if outcome is None or reporter.aborted:
-            await self._give_up(msg, job_id, attempt, reporter.abort_reason)
+        uploaded = isinstance(outcome, tuple)  # (outputs, result, seconds): all stored
+        if reporter.stop is not None:  # told to stop (outcome None: while generating)
+            if uploaded:
+                await self._discard_own(job_id, attempt)
+            await self._give_up(msg, job_id, attempt, reporter.stop)
             return
+        assert outcome is not None  # only a stop aborts the generation
 
         try:
             if isinstance(outcome, _Failure):
@@ -365,8 +384,10 @@ class JobRunner:
                     attempts=self._config.complete_attempts,
                 )
         except grpc.aio.AioRpcError as exc:
-            await self._complete_refused(msg, job_id, attempt, exc)
+            await self._complete_refused(msg, job_id, attempt, exc, uploaded)
             return
+        if isinstance(outcome, _Failure) and outcome.code == job_pb2.ERROR_CODE_UPLOAD_FAILED:
+            await self._discard_own(job_id, attempt)  # what the failed upload left behind
 
         if job.status == job_pb2.JOB_STATUS_QUEUED:
             delay = self._backoff(attempt)
@@ -379,11 +400,11 @@ class JobRunner:
         )
         await _settle(job_id, "ack", msg.ack)
 
-    async def _give_up(self, msg: Msg, job_id: str, attempt: int, reason: str) -> None:
+    async def _give_up(self, msg: Msg, job_id: str, attempt: int, stop: Stop) -> None:
         """Ends an attempt that was canceled or superseded, without a result."""
         extra = {"job_id": job_id, "attempt": attempt}
-        if job_over(reason):
-            log.info("job canceled or superseded (%s); acking", reason, extra=extra)
+        if stop.job_over:
+            log.info("job canceled or superseded (%s); acking", stop.reason, extra=extra)
             await _settle(job_id, "ack", msg.ack)
             return
         # A newer attempt holds a newer delivery of this very message. JetStream settles a
@@ -391,20 +412,23 @@ class JobRunner:
         # take it from under that attempt: if its worker then died, nothing would redeliver it.
         log.info(
             "job canceled or superseded (%s); leaving the message to the newer attempt",
-            reason,
+            stop.reason,
             extra=extra,
         )
 
     async def _complete_refused(
-        self, msg: Msg, job_id: str, attempt: int, exc: grpc.aio.AioRpcError
+        self, msg: Msg, job_id: str, attempt: int, exc: grpc.aio.AioRpcError, uploaded: bool
     ) -> None:
         extra = {"job_id": job_id, "attempt": attempt}
         code = exc.code()
         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-            # Canceled meanwhile, or a newer attempt owns the job. The uploaded objects are left
-            # alone: they are under this attempt's keys, which nothing records.
+            # Canceled meanwhile, or a newer attempt owns the job: nothing records this
+            # attempt's outputs. (Any other error may hide a commit whose answer was lost, so
+            # only a refusal makes them safe to delete.)
             log.info("CompleteJob refused (%s)", exc.details(), extra=extra)
-            await self._give_up(msg, job_id, attempt, exc.details() or code.name)
+            if uploaded:
+                await self._discard_own(job_id, attempt)
+            await self._give_up(msg, job_id, attempt, refusal_stop(exc))
             return
         delay = self._backoff(attempt)
         log.error(
@@ -415,6 +439,11 @@ class JobRunner:
             extra=extra,
         )
         await _settle(job_id, "nak", msg.nak, delay)
+
+    async def _discard_own(self, job_id: str, attempt: int) -> None:
+        await self._storage.discard_outputs(
+            job_id, lambda a: a == attempt, f"attempt {attempt} ended without recording them"
+        )
 
     async def _generate_and_store(
         self,

@@ -1,4 +1,5 @@
-"""Moving files between the worker and object storage: outputs up, the input image down.
+"""Moving files between the worker and object storage: outputs up, the input image down, and
+away the outputs no record will ever point to.
 
 boto3 blocks, so every call runs through asyncio.to_thread. `upload_file` streams from disk and
 switches to multipart above the threshold, so a large video is never read into memory whole.
@@ -42,6 +43,13 @@ def output_key(job_id: str, attempt: int, index: int, content_type: str) -> str:
     # The attempt is part of the key so that a stale attempt finishing late can never overwrite
     # the bytes a newer attempt recorded (with their sha256) for the same job.
     return f"jobs/{job_id}/{attempt}/output-{index}.{extension_for(content_type)}"
+
+
+def _attempt_of(job_id: str, key: str) -> int | None:
+    """The attempt in an output key of `job_id` (None for its input image or anything else)."""
+    rest = key.removeprefix(f"jobs/{job_id}/")
+    attempt, sep, _ = rest.partition("/")
+    return int(attempt) if sep and attempt.isdigit() else None
 
 
 def _error_code(exc: BaseException) -> str:
@@ -160,6 +168,41 @@ class Storage:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    async def discard_outputs(self, job_id: str, attempts: Callable[[int], bool], why: str) -> int:
+        """Deletes the job's output objects whose attempt satisfies `attempts`; the number deleted.
+
+        For outputs nothing records: those of an attempt that died or was refused, or of a job
+        that ended without outputs. Best effort: a failure is logged, not raised; the caller's
+        job goes on either way.
+        """
+
+        def discard() -> int:
+            keys = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=f"jobs/{job_id}/"):
+                for item in page.get("Contents", ()):
+                    attempt = _attempt_of(job_id, item["Key"])
+                    if attempt is not None and attempts(attempt):
+                        keys.append(item["Key"])
+            for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
+                chunk = keys[start : start + 1000]
+                self._client.delete_objects(
+                    Bucket=self._bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            return len(keys)
+
+        try:
+            deleted = await asyncio.to_thread(discard)
+        except Exception as exc:
+            log.warning(
+                "could not delete unrecorded outputs (%s): %s", why, exc, extra={"job_id": job_id}
+            )
+            return 0
+        if deleted:
+            log.info("deleted %d unrecorded output(s) (%s)", deleted, why, extra={"job_id": job_id})
+        return deleted
 
     async def download_input(
         self, job_id: str, bucket: str, key: str, max_bytes: int

@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
+from services.common.errors import ATTEMPT_STALE, JOB_FINISHED, error_info
 from tests.conftest import workers_paused
 from tests.e2e.helpers import create
 
@@ -38,6 +39,15 @@ async def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
     return caught.value.code()
 
 
+async def _refusal(call) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A FAILED_PRECONDITION's ErrorInfo: (reason, the job's status), what workers act on."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reason, metadata = error_info(caught.value)
+    return reason, metadata.get("status", "")
+
+
 async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients, stack) -> None:
     with workers_paused(stack):
         job = await create(
@@ -58,10 +68,9 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
         second = (await workers.ReportProgress(claim, metadata=clients.worker)).job
         assert second.attempt == 2
         for attempt in (1, 3):  # the superseded attempt, and one never handed out
-            assert (
-                await _code(workers.CompleteJob(_success(job.id, attempt), metadata=clients.worker))
-                == grpc.StatusCode.FAILED_PRECONDITION
-            )
+            assert await _refusal(
+                workers.CompleteJob(_success(job.id, attempt), metadata=clients.worker)
+            ) == (ATTEMPT_STALE, "RUNNING")
         failure = worker_service_pb2.CompleteJobRequest(
             job_id=job.id,
             attempt=1,
@@ -108,3 +117,11 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
         await clients.jobs.CancelJob(
             job_service_pb2.CancelJobRequest(job_id=other.id), metadata=clients.alice
         )
+        # A redelivered dispatch of a finished job is told how it ended: a worker deletes what
+        # a dead attempt stored only when no outputs were recorded.
+        for finished, status in ((job, "SUCCEEDED"), (other, "CANCELED")):
+            claim = worker_service_pb2.ReportProgressRequest(job_id=finished.id)
+            assert await _refusal(workers.ReportProgress(claim, metadata=clients.worker)) == (
+                JOB_FINISHED,
+                status,
+            )

@@ -6,6 +6,7 @@ worker got the job is read from the workers' logs ("job claimed", with the attem
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -56,6 +57,10 @@ async def test_a_worker_killed_mid_job_is_replaced_and_outputs_are_recorded_once
     await fault.wait_generating(job.id, attempt=1)
     victim = await claimer(fault, job.id, 1)
     victim.kill()  # SIGKILL while it encodes: no nak, no CompleteJob, nothing settled
+    # As if it had died just after storing its first output: the next attempt deletes that.
+    await asyncio.to_thread(
+        fault.s3.put_object, Bucket="media", Key=f"jobs/{job.id}/1/output-0.mp4", Body=b"partial"
+    )
     try:
         done = await fault.wait_terminal(job.id)
         assert done.status == SUCCEEDED, done.error
@@ -64,7 +69,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_outputs_are_recorded_once
         survivor = await claimer(fault, job.id, 2)
         assert survivor.name != victim.name
         await assert_outputs_of_attempt(fault, done, 2, LONG_VIDEO.number_of_videos)
-        # Whatever the dead attempt may have uploaded is not recorded anywhere.
+        # Whatever the dead attempt uploaded is gone.
         assert not [k for k in await fault.objects(f"jobs/{job.id}/") if "/2/" not in k]
 
         async def settled() -> bool:

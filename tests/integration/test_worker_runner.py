@@ -40,6 +40,8 @@ from PIL import Image
 
 from media.v1 import events_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from services.common import jetstream
+from services.common.errors import ATTEMPT_STALE, JOB_FINISHED, failed_precondition
+from services.job_service.records import status_name
 from services.media_worker.generators.base import (
     GeneratedFile,
     GenerationContext,
@@ -168,6 +170,7 @@ class FakeJob:
     completes: list[worker_service_pb2.CompleteJobRequest] = field(default_factory=list)
     claims: int = 0
     cancel_on_progress: bool = False  # a client cancels as soon as progress shows up
+    supersede_on_complete: bool = False  # a newer attempt took over just before CompleteJob
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def proto(self) -> job_pb2.Job:
@@ -206,15 +209,16 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 self.unavailable_claims -= 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "job_service is restarting")
             if job.status in TERMINAL:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job is finished")
+                await finished(context, job.status)
             if job.attempt >= self.max_attempts:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "attempts exhausted")
+                job.status = FAILED
+                await finished(context, job.status)
             job.claims += 1
             job.attempt += 1
             job.status = RUNNING
             return worker_service_pb2.ReportProgressResponse(job=job.proto())
         if job.status != RUNNING or request.attempt != job.attempt:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "canceled or stale attempt")
+            await refuse(context, job)
         job.progress.append((request.attempt, request.progress, request.message))
         if job.cancel_on_progress:
             job.status = CANCELED
@@ -225,8 +229,12 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.CompleteJobResponse:
         job = await self._check(context, request.job_id)
+        if job.supersede_on_complete:
+            job.supersede_on_complete = False
+            job.attempt += 1
+            job.done.set()
         if job.status != RUNNING or request.attempt != job.attempt:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "canceled or stale attempt")
+            await refuse(context, job)
         job.completes.append(request)
         if request.WhichOneof("result") == "success":
             job.status = SUCCEEDED
@@ -237,6 +245,20 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if job.status in TERMINAL:
             job.done.set()
         return worker_service_pb2.CompleteJobResponse(job=job.proto())
+
+
+async def finished(context: grpc.aio.ServicerContext, status: int) -> None:
+    """Refuses a call the way job_service does, with the job's status in an ErrorInfo."""
+    refusal = failed_precondition("job is finished", JOB_FINISHED, status_name(status))
+    await context.abort_with_status(refusal.to_status())
+
+
+async def refuse(context: grpc.aio.ServicerContext, job: FakeJob) -> None:
+    """Refuses a call from an attempt that is not the job's current one."""
+    if job.status in TERMINAL:
+        await finished(context, job.status)
+    refusal = failed_precondition("attempt is stale", ATTEMPT_STALE, status_name(job.status))
+    await context.abort_with_status(refusal.to_status())
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -656,3 +678,82 @@ async def test_worker_survives_a_nats_restart(env: Env) -> None:
     await wait_done(job)
     await env.queue_empty()
     assert job.status == SUCCEEDED
+
+
+# --- outputs no record points to ---------------------------------------------------------------
+
+
+async def put_object(env: Env, key: str, body: bytes = b"left over") -> None:
+    s3 = s3_client(env.s3_endpoint)
+    await asyncio.to_thread(s3.put_object, Bucket=BUCKET, Key=key, Body=body)
+
+
+async def stored_keys(env: Env, job_id: str) -> set[str]:
+    s3 = s3_client(env.s3_endpoint)
+    listed = await asyncio.to_thread(s3.list_objects_v2, Bucket=BUCKET, Prefix=f"jobs/{job_id}/")
+    return {item["Key"] for item in listed.get("Contents", ())}
+
+
+async def test_a_new_attempt_deletes_what_a_dead_attempt_stored(env: Env) -> None:
+    await env.worker()
+    job_id = str(uuid.uuid4())
+    # Attempt 1 died after uploading one of its outputs; the job's input image is not an output.
+    await put_object(env, f"jobs/{job_id}/1/output-0.png")
+    await put_object(env, f"jobs/{job_id}/input")
+    job = env.fake.add(job_id, status=RUNNING, attempt=1)
+    message = events_pb2.JobDispatch(job_id=job_id, image=job_pb2.ImageParams(prompt="x"))
+    await env.js.publish(jetstream.dispatch_subject("image"), message.SerializeToString())
+    await wait_done(job)
+    (complete,) = job.completes
+    assert job.status == SUCCEEDED and complete.attempt == 2
+    recorded = {o.key for o in complete.success.outputs}
+    assert await stored_keys(env, job_id) == recorded | {f"jobs/{job_id}/input"}
+
+
+async def test_a_refused_result_leaves_no_objects_behind(env: Env) -> None:
+    await env.worker()
+    job = await env.dispatch(
+        "image", job_pb2.ImageParams(prompt="x", number_of_images=3), supersede_on_complete=True
+    )
+    await wait_done(job)
+    assert not job.completes  # refused: attempt 1 was stale by then
+
+    async def attempt_1_gone() -> bool:
+        return not await stored_keys(env, job.id)
+
+    await wait_for(attempt_1_gone)
+    # The message is left to the attempt that took over: not acked, still pending.
+    consumer = await env.js.consumer_info(
+        jetstream.DISPATCH_STREAM, jetstream.worker_consumer("image")
+    )
+    assert consumer.num_ack_pending == 1
+
+
+@pytest.mark.parametrize("status", [CANCELED, FAILED], ids=["canceled", "failed"])
+async def test_a_job_that_ended_without_outputs_loses_what_a_dead_attempt_stored(
+    env: Env, status: int
+) -> None:
+    await env.worker()
+    job_id = str(uuid.uuid4())
+    await put_object(env, f"jobs/{job_id}/1/output-0.mp4")
+    await put_object(env, f"jobs/{job_id}/input")
+    env.fake.add(job_id, status=status, attempt=1)
+    message = events_pb2.JobDispatch(job_id=job_id, video=job_pb2.VideoParams(prompt="x"))
+    await env.js.publish(jetstream.dispatch_subject("video"), message.SerializeToString())
+    await env.queue_empty()
+
+    async def outputs_gone() -> bool:
+        return await stored_keys(env, job_id) == {f"jobs/{job_id}/input"}
+
+    await wait_for(outputs_gone)
+
+
+async def test_a_redelivered_message_of_a_succeeded_job_touches_nothing(env: Env) -> None:
+    await env.worker()
+    job_id = str(uuid.uuid4())
+    await put_object(env, f"jobs/{job_id}/1/output-0.png")
+    env.fake.add(job_id, status=SUCCEEDED, attempt=1)
+    message = events_pb2.JobDispatch(job_id=job_id, image=job_pb2.ImageParams(prompt="x"))
+    await env.js.publish(jetstream.dispatch_subject("image"), message.SerializeToString())
+    await env.queue_empty()
+    assert await stored_keys(env, job_id) == {f"jobs/{job_id}/1/output-0.png"}

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from media.v1 import events_pb2, job_pb2
+from services.common.errors import (
+    ATTEMPT_STALE,
+    JOB_FINISHED,
+    RpcError,
+    failed_precondition,
+    not_found,
+)
 from services.media_worker.cancellation import (
     CancellationListener,
     JobWatch,
-    job_over,
+    Stop,
+    refusal_stop,
     stop_reason,
 )
 
@@ -21,25 +30,27 @@ def job(status: int, attempt: int, version: int = 1, job_id: str = JOB_ID) -> jo
 
 
 @pytest.mark.parametrize(
-    ("status", "attempt", "stops"),
+    ("status", "attempt", "stops", "over"),
     [
-        (S.JOB_STATUS_RUNNING, 2, None),  # our own claim and progress
-        (S.JOB_STATUS_RUNNING, 1, None),  # a late event of the attempt before ours
-        (S.JOB_STATUS_QUEUED, 1, None),
-        (S.JOB_STATUS_CANCELED, 2, "canceled"),
-        (S.JOB_STATUS_CANCELED, 0, "canceled"),
-        (S.JOB_STATUS_RUNNING, 3, "superseded"),  # another worker took the job over
-        (S.JOB_STATUS_SUCCEEDED, 3, "superseded"),
-        (S.JOB_STATUS_SUCCEEDED, 2, None),  # our own result (the watch is disarmed by then)
-        (S.JOB_STATUS_FAILED, 1, "already"),
+        (S.JOB_STATUS_RUNNING, 2, None, None),  # our own claim and progress
+        (S.JOB_STATUS_RUNNING, 1, None, None),  # a late event of the attempt before ours
+        (S.JOB_STATUS_QUEUED, 1, None, None),
+        (S.JOB_STATUS_CANCELED, 2, "canceled", True),
+        (S.JOB_STATUS_CANCELED, 0, "canceled", True),
+        (S.JOB_STATUS_RUNNING, 3, "superseded", False),  # another worker took the job over
+        (S.JOB_STATUS_SUCCEEDED, 3, "superseded", False),
+        (S.JOB_STATUS_SUCCEEDED, 2, None, None),  # our own result (the watch is disarmed then)
+        (S.JOB_STATUS_FAILED, 1, "already", True),
     ],
 )
-def test_stop_reason_for_attempt_2(status: int, attempt: int, stops: str | None) -> None:
-    reason = stop_reason(job(status, attempt), 2)
+def test_stop_reason_for_attempt_2(
+    status: int, attempt: int, stops: str | None, over: bool | None
+) -> None:
+    stop = stop_reason(job(status, attempt), 2)
     if stops is None:
-        assert reason is None
+        assert stop is None
     else:
-        assert reason is not None and stops in reason
+        assert stop is not None and stops in stop.reason and stop.job_over is over
 
 
 class _Msg:
@@ -50,20 +61,20 @@ class _Msg:
 async def test_an_event_before_the_claim_is_acted_on_when_armed() -> None:
     watch = JobWatch(JOB_ID)
     await watch._on_message(_Msg(job(S.JOB_STATUS_CANCELED, 1, version=3)))  # type: ignore[arg-type]
-    stopped: list[str] = []
+    stopped: list[Stop] = []
     watch.arm(1, stopped.append)
-    assert len(stopped) == 1 and "canceled" in stopped[0]
+    assert len(stopped) == 1 and "canceled" in stopped[0].reason
 
 
 async def test_stops_once_and_never_after_disarm() -> None:
     watch = JobWatch(JOB_ID)
-    stopped: list[str] = []
+    stopped: list[Stop] = []
     watch.arm(1, stopped.append)
     await watch._on_message(_Msg(job(S.JOB_STATUS_RUNNING, 1, version=2)))  # type: ignore[arg-type]
     assert stopped == []
     await watch._on_message(_Msg(job(S.JOB_STATUS_RUNNING, 2, version=5)))  # type: ignore[arg-type]
     await watch._on_message(_Msg(job(S.JOB_STATUS_CANCELED, 2, version=6)))  # type: ignore[arg-type]
-    assert len(stopped) == 1 and "superseded" in stopped[0]
+    assert len(stopped) == 1 and "superseded" in stopped[0].reason
 
     other = JobWatch(JOB_ID)
     other.arm(1, stopped.append)
@@ -74,7 +85,7 @@ async def test_stops_once_and_never_after_disarm() -> None:
 
 async def test_events_of_another_job_or_garbage_are_ignored() -> None:
     watch = JobWatch(JOB_ID)
-    stopped: list[str] = []
+    stopped: list[Stop] = []
     watch.arm(1, stopped.append)
     other = job(S.JOB_STATUS_CANCELED, 1, job_id="01a209ac-9f4e-7224-8e25-000000000000")
     await watch._on_message(_Msg(other))  # type: ignore[arg-type]
@@ -88,24 +99,33 @@ async def test_events_of_another_job_or_garbage_are_ignored() -> None:
 
 async def test_without_nats_the_watch_is_silent() -> None:
     watch = await CancellationListener(None).watch(JOB_ID)
-    stopped: list[str] = []
+    stopped: list[Stop] = []
     watch.arm(1, stopped.append)
     assert stopped == []
     await watch.close()
 
 
+def _refused(error: RpcError) -> grpc.aio.AioRpcError:
+    """The error a worker's stub raises for what job_service's handler raised."""
+    status = error.to_status()
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details=status.details,
+    )
+
+
 @pytest.mark.parametrize(
-    ("reason", "over"),
+    ("error", "over"),
     [
-        ("canceled by its owner", True),
-        ("already SUCCEEDED", True),
-        ("attempt 1 superseded by attempt 2", False),
-        # job_service's refusals (store.py)
-        ("job 01a2 is JOB_STATUS_CANCELED", True),
-        ("job 01a2 is already SUCCEEDED; a different result cannot be recorded", True),
-        ("attempt 1 of job 01a2 is stale (current attempt 2, status RUNNING)", False),
-        ("job 01a2 not found", True),
+        (failed_precondition("job 01a2 is CANCELED", JOB_FINISHED, "CANCELED"), True),
+        (failed_precondition("job 01a2 is already SUCCEEDED", JOB_FINISHED, "SUCCEEDED"), True),
+        (failed_precondition("attempt 1 of job 01a2 is stale", ATTEMPT_STALE, "RUNNING"), False),
+        (failed_precondition("attempt 1 of job 01a2 is stale", ATTEMPT_STALE, "QUEUED"), False),
+        (not_found("job 01a2"), True),
     ],
 )
-def test_only_a_finished_job_lets_a_stopped_attempt_ack(reason: str, over: bool) -> None:
-    assert job_over(reason) is over
+def test_only_a_finished_job_lets_a_refused_attempt_ack(error: RpcError, over: bool) -> None:
+    stop = refusal_stop(_refused(error))
+    assert stop == Stop(error.message, job_over=over)
