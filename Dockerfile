@@ -39,5 +39,5 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/venv
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 50051 50052 50053 9100
+EXPOSE 50051 50052 50053 8086 9100
 CMD ["python", "-m", "services.job_service"]

@@ -192,6 +192,7 @@ class ServerSettings:
     blocking_threads: int
     shutdown_grace_seconds: float
     tls: TlsSettings = TlsSettings()
+    health_listen_addr: str = ""  # plaintext health-only listener, for probes (off when empty)
 
     @classmethod
     def from_env(cls, default_port: int) -> ServerSettings:
@@ -201,4 +202,5 @@ class ServerSettings:
             blocking_threads=env_int("BLOCKING_THREADS", 16, minimum=1),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 20.0),
             tls=TlsSettings.from_env(),
+            health_listen_addr=env_str("HEALTH_LISTEN_ADDR", ""),
         )

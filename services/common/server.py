@@ -57,6 +57,8 @@ class ServiceHost:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         ]
         self.port = 0
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
         # Readiness ("" and each service) follows the checks services add with add_check.
         self.readiness = Readiness(self._apply_serving)
 
@@ -77,6 +79,15 @@ class ServiceHost:
         # TLS (mutual with TLS_CLIENT_CA_FILE) when certificates are configured.
         self.port = tls.add_port(self.server, self.settings.listen_addr, self.settings.tls)
         await self.server.start()
+        if self.settings.health_listen_addr:
+            # Kubernetes' native gRPC probes cannot speak TLS: they get the health service
+            # alone, in plaintext, on a port of its own (HEALTH_LISTEN_ADDR).
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(
+                self.settings.health_listen_addr
+            )
+            await self._health_server.start()
         # Liveness has its own name: readiness ("" and each service) goes NOT_SERVING while a
         # dependency is down or during shutdown, which must not make Kubernetes restart the pod.
         await self.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
@@ -89,6 +100,7 @@ class ServiceHost:
                 "port": self.port,
                 "tls": self.settings.tls.server_enabled,
                 "mtls": bool(self.settings.tls.client_ca_file),
+                "health_port": self.health_port or None,
             },
         )
         return self.port
@@ -111,6 +123,8 @@ class ServiceHost:
         # Readiness goes false first so load balancers stop sending new calls.
         await self.readiness.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self._health_server is not None:  # answered probes until the end
+            await self._health_server.stop(None)
 
 
 async def wait_for_signal() -> None:

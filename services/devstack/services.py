@@ -74,6 +74,7 @@ class ServiceProcess:
     log_dir: Path
     addr: str = ""
     metrics_port: int = 0  # Prometheus /metrics (METRICS_PORT), picked at the first spawn
+    health_port: int = 0  # plaintext health checks (HEALTH_LISTEN_ADDR), picked likewise
     pid_dir: Path | None = None
     process: ManagedProcess | None = field(default=None, repr=False)
     _ever_ready: bool = field(default=False, repr=False)
@@ -91,6 +92,10 @@ class ServiceProcess:
         return f"{HOST}:{self.metrics_port}" if self.metrics_port else ""
 
     @property
+    def health_addr(self) -> str:
+        return f"{HOST}:{self.health_port}" if self.health_port else ""
+
+    @property
     def log_path(self) -> Path:
         return self.log_dir / f"{self.name}.log"
 
@@ -99,11 +104,15 @@ class ServiceProcess:
             self.addr = f"{HOST}:{free_port(HOST)}"
         if not self.metrics_port:
             self.metrics_port = free_port(HOST)
+        if not self.health_port:
+            self.health_port = free_port(HOST)
         env = dict(self.env)
         env["LISTEN_ADDR"] = self.addr
-        # Several services share this machine: each gets its own metrics port, on loopback.
+        # Several services share this machine: each gets its own metrics and health ports, on
+        # loopback.
         env["METRICS_PORT"] = str(self.metrics_port)
         env["METRICS_ADDR"] = HOST
+        env["HEALTH_LISTEN_ADDR"] = self.health_addr
         self.process = ManagedProcess(
             name=self.name,
             argv=[sys.executable, "-m", self.module],
@@ -139,7 +148,7 @@ class ServiceProcess:
                     raise
                 self.process.stop(2)
                 self.addr = ""
-                self.metrics_port = 0
+                self.metrics_port = self.health_port = 0
                 self.spawn()
             finally:
                 channel.close()

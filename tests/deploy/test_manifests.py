@@ -43,6 +43,7 @@ APP_IMAGE = "media-pipeline"
 APP_DEPLOYMENTS = ("job-service", "notifier", "media-worker-image", "media-worker-video")
 GRPC_PORTS = {"job-service": 50051, "notifier": 50052, "media-worker": 50053}
 METRICS_PORT = 9100
+HEALTH_PORT = 8086
 SCHEMAS = Path(__file__).parent / "schemas"
 SECRET_NAMES = {"media-db", "media-auth", "media-s3", "media-worker", "media-google"}
 DEV_SECRET_NAMES = SECRET_NAMES | {"media-postgres"}
@@ -207,19 +208,27 @@ def test_every_pod_runs_restricted(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_app_containers_use_native_grpc_probes_on_their_serving_port(overlay: str) -> None:
+def test_app_containers_use_native_grpc_probes_on_their_health_port(overlay: str) -> None:
     objs = render(overlay)
     for obj, _template, c in app_containers(objs):
         if obj["kind"] == "Job":
             continue
         port = GRPC_PORTS[c["name"]]
-        assert port in [p["containerPort"] for p in c["ports"]]
-        assert env_of(c, objs)["LISTEN_ADDR"] == f"[::]:{port}"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["grpc"] == port, name_of(obj)
+        env = env_of(c, objs)
+        assert env["LISTEN_ADDR"] == f"[::]:{port}"
+        # Probes cannot speak TLS: they use the plaintext, health-only listener.
+        assert ports["health"] == HEALTH_PORT, name_of(obj)
+        assert env["HEALTH_LISTEN_ADDR"] == f"[::]:{HEALTH_PORT}"
         # Liveness asks for a service that stays SERVING while the process lives, so that an
         # unreachable dependency (readiness) never restarts the pod.
         for probe in ("startupProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": port, "service": "liveness"}, (name_of(obj), probe)
-        assert c["readinessProbe"]["grpc"] == {"port": port}, name_of(obj)
+            assert c[probe]["grpc"] == {"port": HEALTH_PORT, "service": "liveness"}, (
+                name_of(obj),
+                probe,
+            )
+        assert c["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}, name_of(obj)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

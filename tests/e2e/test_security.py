@@ -22,6 +22,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from media.v1 import (
@@ -246,6 +247,21 @@ async def test_plaintext_to_a_tls_port_fails(secure: Secure) -> None:
     ):
         channel = grpc.aio.insecure_channel(addr)
         assert await _refused(addr, channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_probes_get_plaintext_health_checks_and_nothing_else(secure: Secure) -> None:
+    """Kubernetes' native gRPC probes cannot speak TLS, so every server also answers health
+    checks, and only those, in plaintext on HEALTH_LISTEN_ADDR."""
+    for process in secure.services.procs:
+        async with grpc.aio.insecure_channel(process.health_addr) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "liveness"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, process.name
+            jobs = job_service_pb2_grpc.JobServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await jobs.ListJobs(job_service_pb2.ListJobsRequest(), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, process.name
 
 
 # --- rate limit and active cap -----------------------------------------------------------
