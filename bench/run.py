@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from media.v1 import (
@@ -35,6 +36,7 @@ from media.v1 import (
     notifier_service_pb2,
     notifier_service_pb2_grpc,
 )
+from services.common import jetstream
 from services.common.auth import bearer_metadata, mint_token
 from services.devstack.cli import UpStack
 from services.devstack.state import default_run_dir
@@ -98,9 +100,8 @@ def workers_paused() -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-async def measure(
-    job_addr: str, notifier_addr: str, token: str, bare_addr: str, args: argparse.Namespace
-) -> None:
+async def measure(addrs: UpStack, token: str, bare_addr: str, args: argparse.Namespace) -> None:
+    job_addr, notifier_addr = addrs.job_service_addr, addrs.notifier_addr
     md = bearer_metadata(token)
     image = job_pb2.ImageParams(prompt="bench", size="256x256", model="local")
     async with (
@@ -120,10 +121,12 @@ async def measure(
             return await jobs.CreateJob(job_service_pb2.CreateJobRequest(image=image), metadata=md)
 
         # 1. throughput, baseline first and last to see drift on a noisy machine.
-        base1 = await throughput(bare_call, args.seconds, args.concurrency)
+        # Both baselines with the workers paused too: resumed, they would be generating the
+        # jobs just created, on the same two cores.
         with workers_paused():
+            base1 = await throughput(bare_call, args.seconds, args.concurrency)
             creates = await throughput(create_call, args.seconds, args.concurrency)
-        base2 = await throughput(bare_call, args.seconds, args.concurrency)
+            base2 = await throughput(bare_call, args.seconds, args.concurrency)
         base = (base1 + base2) / 2
         print(f"bare gRPC unary:      {base:8.0f} calls/s  ({base1:.0f} before, {base2:.0f} after)")
         print(f"CreateJob:            {creates:8.0f} calls/s")
@@ -132,7 +135,7 @@ async def measure(
         # The throughput phase queued many jobs; cancel them (the workers then skip them) and wait
         # for the queue to empty before timing single jobs.
         print("canceling the queued jobs and waiting for the queue to drain ...", flush=True)
-        await drain(jobs, md)
+        await drain(jobs, md, addrs.env["NATS_URL"])
 
         # 2 and 3. one job at a time so queueing does not pollute the latencies.
         dispatch, round_trip = [], []
@@ -165,7 +168,7 @@ async def measure(
         )
 
 
-async def drain(jobs: job_service_pb2_grpc.JobServiceStub, md: tuple) -> None:
+async def drain(jobs: job_service_pb2_grpc.JobServiceStub, md: tuple, nats_url: str) -> None:
     while True:
         page = await jobs.ListJobs(
             job_service_pb2.ListJobsRequest(page_size=100, status=job_pb2.JOB_STATUS_QUEUED),
@@ -183,8 +186,19 @@ async def drain(jobs: job_service_pb2_grpc.JobServiceStub, md: tuple) -> None:
     running = job_service_pb2.ListJobsRequest(page_size=1, status=job_pb2.JOB_STATUS_RUNNING)
     while (await jobs.ListJobs(running, metadata=md)).jobs:  # noqa: ASYNC110 - polling a server
         await asyncio.sleep(0.2)
-    # Let the workers skip past the canceled dispatches still in the queue.
-    await asyncio.sleep(2)
+    # The workers still have to skip past the canceled dispatches (a refused claim each); a job
+    # timed before they are through would wait behind them.
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        consumer = jetstream.worker_consumer("image")
+        while True:
+            info = await js.consumer_info(jetstream.DISPATCH_STREAM, consumer)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
 
 
 def bench_token(addrs: UpStack) -> str:
@@ -214,11 +228,7 @@ def main() -> None:
     with ExitStack() as stack:
         addrs = bench_stack(stack)
         bare_addr = start_bare_server(stack)
-        asyncio.run(
-            measure(
-                addrs.job_service_addr, addrs.notifier_addr, bench_token(addrs), bare_addr, args
-            )
-        )
+        asyncio.run(measure(addrs, bench_token(addrs), bare_addr, args))
     if args.fake_delay > 0:
         # Sizing worker pools: image jobs through the real google-genai SDK against the fake.
         from bench.google import google_throughput, report
