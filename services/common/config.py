@@ -191,6 +191,7 @@ class ServerSettings:
     max_message_bytes: int
     blocking_threads: int
     shutdown_grace_seconds: float
+    shutdown_drain_seconds: float = 1.0
     tls: TlsSettings = TlsSettings()
     health_listen_addr: str = ""  # plaintext health-only listener, for probes (off when empty)
 
@@ -201,6 +202,7 @@ class ServerSettings:
             max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             blocking_threads=env_int("BLOCKING_THREADS", 16, minimum=1),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 20.0),
+            shutdown_drain_seconds=env_float("SHUTDOWN_DRAIN_SECONDS", 1.0),
             tls=TlsSettings.from_env(),
             health_listen_addr=env_str("HEALTH_LISTEN_ADDR", ""),
         )

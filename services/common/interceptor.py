@@ -9,6 +9,10 @@
 
 The wrapped handler is built once per method and cached, so a call allocates nothing here but
 its own state. Health checks and reflection (grpc.*) are passed through untouched.
+
+While the server drains before it stops (`draining`), every other call is answered UNAVAILABLE
+at once: gRPC hands over the calls it has already accepted, which would otherwise come back
+CANCELLED when the server stops, and clients retry UNAVAILABLE elsewhere.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         # method -> (the handler as registered, our wrapper of it)
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self.draining = False
+        self.refused = 0  # calls answered UNAVAILABLE while draining
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -44,6 +50,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        if self.draining and not method.startswith("/grpc."):
+            if handler.unary_unary:
+                self.refused += 1
+                return _REFUSE_UNARY
+            if handler.unary_stream:
+                self.refused += 1
+                return _REFUSE_STREAM
         cached = self._cache.get(method)
         # Keyed on the handler too, in case another interceptor returns a different one.
         if cached is not None and cached[0] is handler:
@@ -51,6 +64,17 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         wrapped = wrap_handler(method, handler)
         self._cache[method] = (handler, wrapped)
         return wrapped
+
+
+async def _refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
+    )
+
+
+# No deserializer: the request is not even parsed.
+_REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_STREAM = grpc.unary_stream_rpc_method_handler(_refuse)
 
 
 def wrap_handler(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

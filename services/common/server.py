@@ -42,8 +42,9 @@ class ServiceHost:
     def __init__(self, name: str, settings: ServerSettings) -> None:
         self.name = name
         self.settings = settings
+        self._interceptor = RpcInterceptor()
         self.server = grpc.aio.server(
-            interceptors=[RpcInterceptor()],
+            interceptors=[self._interceptor],
             options=[
                 *channel_options(settings.max_message_bytes),
                 # Recycle long-lived HTTP/2 connections so clients rebalance across replicas.
@@ -122,9 +123,24 @@ class ServiceHost:
     async def stop(self) -> None:
         # Readiness goes false first so load balancers stop sending new calls.
         await self.readiness.stop()
+        await self._drain()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         if self._health_server is not None:  # answered probes until the end
             await self._health_server.stop(None)
+
+    async def _drain(self) -> None:
+        """Answers new calls UNAVAILABLE until none has come for a moment (at most
+        SHUTDOWN_DRAIN_SECONDS). Calls gRPC had already accepted are handed over meanwhile and
+        told to retry, instead of being CANCELLED by the stop; calls in flight go on."""
+        self._interceptor.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_drain_seconds
+        seen = -1
+        while loop.time() < deadline and self._interceptor.refused != seen:
+            seen = self._interceptor.refused
+            await asyncio.sleep(0.1)
+        if self._interceptor.refused:
+            log.info("refused %d call(s) while draining", self._interceptor.refused)
 
 
 async def wait_for_signal() -> None:
