@@ -26,7 +26,7 @@ class RpcError(Exception):
     message: str
     violations: list[tuple[str, str]] = field(default_factory=list)  # (field, description)
     retry_after_seconds: float | None = None
-    reason: str = ""  # google.rpc.ErrorInfo reason (one of the constants below)
+    reason: str = ""  # google.rpc.ErrorInfo reason (JOB_FINISHED, ATTEMPT_STALE)
     metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo metadata
 
     def __str__(self) -> str:
