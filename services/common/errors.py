@@ -8,11 +8,15 @@ where a program must tell one refusal from another without parsing the message).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+_D = TypeVar("_D", bound=Message)
 
 # ErrorInfo reasons of FAILED_PRECONDITION refusals (metadata "status": the job's status name).
 ERROR_DOMAIN = "media.v1"
@@ -81,24 +85,33 @@ def unavailable(message: str) -> RpcError:
     return RpcError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+def details_of(error: grpc.aio.AioRpcError | grpc.RpcError, kind: type[_D]) -> list[_D]:
+    """The google.rpc details of type `kind` (BadRequest, RetryInfo, ErrorInfo, ...) carried by a
+    failed call; none when its details contradict its status code."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return []
+    found: list[_D] = []
+    for detail in status.details if status else ():
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            detail.Unpack(message)
+            found.append(message)
+    return found
+
+
 def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[tuple[str, str]]:
     """The BadRequest field violations carried by a failed call, for clients and tests."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    found: list[tuple[str, str]] = []
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found += [(v.field, v.description) for v in bad.field_violations]
-    return found
+    return [
+        (v.field, v.description)
+        for bad in details_of(error, error_details_pb2.BadRequest)
+        for v in bad.field_violations
+    ]
 
 
 def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, dict[str, str]]:
     """The ErrorInfo reason and metadata carried by a failed call; ("", {}) if it has none."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
+    for info in details_of(error, error_details_pb2.ErrorInfo):
+        return info.reason, dict(info.metadata)
     return "", {}

@@ -23,7 +23,6 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from media.v1 import (
     job_pb2,
@@ -34,6 +33,7 @@ from media.v1 import (
 )
 from services.common.auth import bearer_metadata, mint_token
 from services.common.config import TlsSettings
+from services.common.errors import details_of
 from services.common.tls import aio_channel
 from services.devstack.deps import Dependencies, NatsServer
 from services.devstack.services import Services, start_services
@@ -182,12 +182,8 @@ async def _watch(calls: Calls, metadata: tuple[tuple[str, str], ...], job_id: st
 
 
 def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
+    for info in details_of(error, error_details_pb2.RetryInfo):
+        return info.retry_delay.ToNanoseconds() / 1e9
     return None
 
 
