@@ -217,11 +217,7 @@ class Store:
             if row.status == job_pb2.JOB_STATUS_CANCELED:
                 return self._with_outputs(tx.conn, row)
             if row.status in TERMINAL:
-                raise failed_precondition(
-                    f"job {job_id} is {status_name(row.status)} and can no longer be canceled",
-                    JOB_FINISHED,
-                    status_name(row.status),
-                )
+                raise _finished(row, " and can no longer be canceled")
             return self._transition(
                 tx,
                 row,
@@ -492,9 +488,9 @@ def _event_row(job: job_pb2.Job, headers: dict[str, str] | None) -> dict[str, An
     }
 
 
-def _finished(row: Any) -> RpcError:
+def _finished(row: Any, more: str = "") -> RpcError:
     status = status_name(row.status)
-    return failed_precondition(f"job {row.id} is {status}", JOB_FINISHED, status)
+    return failed_precondition(f"job {row.id} is {status}{more}", JOB_FINISHED, status)
 
 
 def _now() -> Any:
