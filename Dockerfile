@@ -20,6 +20,8 @@ WORKDIR /src
 # Dependencies change less often than code: build them first so the layer is cached.
 COPY pyproject.toml README.md ./
 COPY gen ./gen
+# Everything that runs: the three services, mediactl and their shared code. The dev-only devstack/,
+# tests/ and bench/ are not even in the build context (.dockerignore).
 COPY services ./services
 # A regular (non-editable) install: the final stage needs /opt/venv only, not /src.
 # pip compiles .pyc files here, because the root filesystem is read-only at run time.

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install proto proto-check lint format test test-unit run up down bench soak clean
+.PHONY: install proto proto-check lint typecheck format test test-unit run up down bench soak clean
 
 install: $(STAMP)
 
@@ -20,35 +20,39 @@ $(STAMP): pyproject.toml
 
 # Regenerates the committed Python stubs under gen/.
 proto: $(STAMP)
-	$(PY) -m services.devtools.protogen gen
+	$(PY) -m devstack.protogen gen
 
 # Fails when the committed stubs differ from what the protos generate.
 proto-check: $(STAMP)
-	$(PY) -m services.devtools.protogen --check gen
+	$(PY) -m devstack.protogen --check gen
 	$(VENV)/bin/buf lint protos
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Strict on services/ (settings in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP) proto-check lint
+test: $(STAMP) proto-check lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
 run: $(STAMP)
-	$(PY) -m services.devstack run
+	$(PY) -m devstack run
 
 up: $(STAMP)
-	$(PY) -m services.devstack up
+	$(PY) -m devstack up
 
 down: $(STAMP)
-	$(PY) -m services.devstack down
+	$(PY) -m devstack down
 
 bench: $(STAMP)
 	$(PY) -m bench.run

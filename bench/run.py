@@ -29,6 +29,8 @@ import grpc
 import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.cli import UpStack
+from devstack.state import default_run_dir
 from media.v1 import (
     job_pb2,
     job_service_pb2,
@@ -38,10 +40,6 @@ from media.v1 import (
 )
 from services.common import jetstream
 from services.common.auth import bearer_metadata, mint_token
-from services.devstack.cli import UpStack
-from services.devstack.state import default_run_dir
-
-TERMINAL = {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -223,7 +221,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from services.devstack import bench_stack
+    from devstack import bench_stack
 
     with ExitStack() as stack:
         addrs = bench_stack(stack)

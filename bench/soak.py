@@ -39,6 +39,9 @@ import nats
 from nats.js.api import DeliverPolicy
 from sqlalchemy import create_engine, text
 
+from devstack.deps import Dependencies, start_dependencies
+from devstack.services import Services, start_services
+from devstack.state import default_run_dir
 from media.v1 import (
     events_pb2,
     job_pb2,
@@ -49,12 +52,9 @@ from media.v1 import (
 )
 from services.common import jetstream
 from services.common.auth import bearer_metadata, mint_token
-from services.devstack.deps import Dependencies, start_dependencies
-from services.devstack.services import Services, start_services
-from services.devstack.state import default_run_dir
+from services.common.lifecycle import FINISHED
 
 SUBJECT = "soak-user"
-TERMINAL = {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -199,7 +199,7 @@ class Soak:
                         notifier_service_pb2.WatchJobRequest(job_id=job_id), metadata=self.md
                     )
                     async for message in call:
-                        if message.job.status in TERMINAL:
+                        if message.job.status in FINISHED:
                             return
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in RETRYABLE:
@@ -349,7 +349,7 @@ def account(deps: Dependencies, tally: Tally) -> Verdict:
     for job in tally.submitted:
         row = jobs.get(job.job_id)
         recorded = outputs.get(job.job_id, [])
-        if row is None or row.status not in TERMINAL:
+        if row is None or row.status not in FINISHED:
             verdict.lost += 1
             continue
         verdict.versions[job.job_id] = int(row.version)

@@ -14,14 +14,14 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from devstack.deps import Dependencies, start_dependencies
+from devstack.services import Services, start_services
 from media.v1 import (
     job_service_pb2_grpc,
     notifier_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
 from services.common.auth import bearer_metadata, mint_token
-from services.devstack.deps import Dependencies, start_dependencies
-from services.devstack.services import Services, start_services
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,15 @@ tokens have no roles and cannot call WorkerService.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 import jwt
+from jwt.types import Options
 
 from services.common.config import AuthSettings
-from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet
+from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet, PublicKey
 
 WORKER_ROLE = "worker"
 _MAX_SUBJECT_CHARS = 256
@@ -81,7 +83,7 @@ class TokenVerifier:
                 await self._keys.refresh()
         return self.verify(token)
 
-    def _key(self, token: str) -> tuple[object, str]:
+    def _key(self, token: str) -> tuple[str | PublicKey, str]:
         """The key that must verify this token, and the one algorithm it may use."""
         kid, alg = _key_hint(token)
         if alg == "HS256" and self._settings.jwt_secret:
@@ -98,12 +100,12 @@ class TokenVerifier:
         )
 
     def _verify(self, token: str) -> tuple[Identity, float]:
-        options = {"require": ["sub", "exp"]}
+        options: Options = {"require": ["sub", "exp"]}
         key, alg = self._key(token)
         try:
             claims = jwt.decode(
                 token,
-                key,  # type: ignore[arg-type]
+                key,
                 algorithms=[alg],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer or None,
@@ -128,7 +130,7 @@ class TokenVerifier:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "invalid token: bad roles claim")
         return Identity(subject=subject, roles=frozenset(roles)), float(claims["exp"])
 
-    def from_metadata(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> Identity:
+    def from_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Identity:
         header = bearer_from_metadata(metadata)
         if header is None:
             raise AuthError(
@@ -136,7 +138,7 @@ class TokenVerifier:
             )
         return self.verify(header)
 
-    async def identify(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> Identity:
+    async def identify(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Identity:
         """The caller's identity (what servicers use): from_metadata with JWKS refreshes."""
         header = bearer_from_metadata(metadata)
         if header is None:
@@ -156,7 +158,7 @@ def _key_hint(token: str) -> tuple[str | None, str]:
     return (kid if isinstance(kid, str) else None), (alg if isinstance(alg, str) else "")
 
 
-def bearer_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def bearer_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")

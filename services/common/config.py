@@ -6,6 +6,7 @@ documents every variable. Fields shared by all services live in `CommonSettings`
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,27 @@ def env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if not raw:
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def max_input_image_bytes() -> int:
+    """MAX_INPUT_IMAGE_BYTES: the largest input image. job_service refuses a larger one in
+    CreateJob and the worker will not download a larger one, so both must read the same value."""
+    return env_int("MAX_INPUT_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1024)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How much every service logs. Read on its own, before the service's settings, so that a bad
+    setting there is logged."""
+
+    level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> LogSettings:
+        level = env_str("LOG_LEVEL", "INFO").upper()
+        if level not in logging.getLevelNamesMapping():
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR ..., got {level!r}")
+        return cls(level=level)
 
 
 @dataclass(frozen=True)
@@ -184,8 +206,37 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    port: int = 9100  # 0: no metrics endpoint
+    addr: str = "0.0.0.0"
+
+    @classmethod
+    def from_env(cls) -> MetricsSettings:
+        return cls(
+            port=env_int("METRICS_PORT", 9100, minimum=0),
+            addr=env_str("METRICS_ADDR", "0.0.0.0"),
+        )
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Where spans go (the OpenTelemetry SDK reads the other OTEL_* variables itself)."""
+
+    otlp_endpoint: str = ""  # empty: no export
+
+    @classmethod
+    def from_env(cls) -> TracingSettings:
+        endpoint = env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env_str(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        if env_str("OTEL_SDK_DISABLED").lower() == "true":
+            endpoint = ""
+        return cls(otlp_endpoint=endpoint)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
-    """The gRPC server every service runs."""
+    """The gRPC server every service runs, and what every process has around it."""
 
     listen_addr: str
     max_message_bytes: int
@@ -194,15 +245,24 @@ class ServerSettings:
     shutdown_drain_seconds: float = 1.0
     tls: TlsSettings = TlsSettings()
     health_listen_addr: str = ""  # plaintext health-only listener, for probes (off when empty)
+    readiness_check_seconds: float = 2.0  # how often dependencies are checked
+    metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
-    def from_env(cls, default_port: int) -> ServerSettings:
+    def from_env(cls, default_port: int, default_grace_seconds: float = 20.0) -> ServerSettings:
+        check_seconds = env_float("READINESS_CHECK_SECONDS", 2.0)
+        if check_seconds <= 0:
+            raise SettingsError("READINESS_CHECK_SECONDS must be positive")
         return cls(
             listen_addr=env_str("LISTEN_ADDR", f"[::]:{default_port}"),
             max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             blocking_threads=env_int("BLOCKING_THREADS", 16, minimum=1),
-            shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 20.0),
+            shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", default_grace_seconds),
             shutdown_drain_seconds=env_float("SHUTDOWN_DRAIN_SECONDS", 1.0),
             tls=TlsSettings.from_env(),
             health_listen_addr=env_str("HEALTH_LISTEN_ADDR", ""),
+            readiness_check_seconds=check_seconds,
+            metrics=MetricsSettings.from_env(),
+            tracing=TracingSettings.from_env(),
         )

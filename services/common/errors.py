@@ -16,12 +16,13 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.lifecycle import Reason, Refusal, status_from_name, status_name
+
 _D = TypeVar("_D", bound=Message)
 
-# ErrorInfo reasons of FAILED_PRECONDITION refusals (metadata "status": the job's status name).
+# ErrorInfo of FAILED_PRECONDITION refusals: a lifecycle.Reason, and metadata "status" (the job's
+# status name).
 ERROR_DOMAIN = "media.v1"
-JOB_FINISHED = "JOB_FINISHED"  # the job is in a terminal state
-ATTEMPT_STALE = "ATTEMPT_STALE"  # a newer attempt owns the job, or it went back to the queue
 
 
 @dataclass
@@ -30,7 +31,7 @@ class RpcError(Exception):
     message: str
     violations: list[tuple[str, str]] = field(default_factory=list)  # (field, description)
     retry_after_seconds: float | None = None
-    reason: str = ""  # google.rpc.ErrorInfo reason (JOB_FINISHED, ATTEMPT_STALE)
+    reason: str = ""  # google.rpc.ErrorInfo reason (a lifecycle.Reason)
     metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo metadata
 
     def __str__(self) -> str:
@@ -61,7 +62,7 @@ class RpcError(Exception):
         return rpc_status.to_status(status)
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -79,6 +80,14 @@ def not_found(what: str) -> RpcError:
 def failed_precondition(message: str, reason: str = "", status: str = "") -> RpcError:
     metadata = {"status": status} if status else {}
     return RpcError(grpc.StatusCode.FAILED_PRECONDITION, message, reason=reason, metadata=metadata)
+
+
+def refused(job_id: str, refusal: Refusal) -> RpcError:
+    """The error a lifecycle refusal answers with."""
+    if refusal.reason == Reason.JOB_NOT_FOUND:
+        return not_found(f"job {job_id}")
+    status = "" if refusal.status is None else status_name(refusal.status)
+    return failed_precondition(f"job {job_id}: {refusal.message}", refusal.reason, status)
 
 
 def unavailable(message: str) -> RpcError:
@@ -115,3 +124,13 @@ def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, dict[s
     for info in details_of(error, error_details_pb2.ErrorInfo):
         return info.reason, dict(info.metadata)
     return "", {}
+
+
+def refusal_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> Refusal | None:
+    """The lifecycle refusal a failed call carries in its ErrorInfo (None: it carries none)."""
+    reason, metadata = error_info(error)
+    try:
+        known = Reason(reason)
+    except ValueError:
+        return None
+    return Refusal(known, error.details() or "", status_from_name(metadata.get("status", "")))

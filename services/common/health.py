@@ -16,8 +16,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from services.common.config import env_float
-
 log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
@@ -25,9 +23,9 @@ Apply = Callable[[bool], Awaitable[None]]
 
 
 class Readiness:
-    def __init__(self, apply: Apply, *, interval_seconds: float | None = None) -> None:
+    def __init__(self, apply: Apply, *, interval_seconds: float) -> None:
         self._apply = apply
-        self._interval = interval_seconds or env_float("READINESS_CHECK_SECONDS", 2.0)
+        self._interval = interval_seconds
         self._checks: dict[str, Check] = {}
         self._failing: set[str] = set()
         self._reported: set[str] = set()  # the failing set last logged

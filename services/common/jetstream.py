@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 DISPATCH_STREAM = "MEDIA_DISPATCH"
 EVENTS_STREAM = "MEDIA_EVENTS"
 DUPLICATE_WINDOW_SECONDS = 120.0
-KINDS = ("image", "video")
 
 
 def dispatch_subject(kind: str) -> str:
@@ -85,6 +84,7 @@ async def ensure_streams(js: JetStreamContext, *, events_max_age_seconds: float 
         ),
     ]
     for config in configs:
+        assert config.name is not None
         try:
             await js.stream_info(config.name)
             await js.update_stream(config)

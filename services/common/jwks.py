@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -29,12 +29,15 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
 _MAX_JWKS_BYTES = 1024 * 1024
 _FETCH_TIMEOUT_SECONDS = 5.0
 
+# What a JWKS key becomes here: its public half (RS256 and ES256 only).
+PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
 
 @dataclass(frozen=True)
 class _Key:
     kid: str | None
     alg: str | None  # the JWK's own `alg`, when it names one
-    key: Any  # a cryptography public key
+    key: PublicKey
 
 
 class KeySet:
@@ -64,7 +67,7 @@ class KeySet:
                 raise SettingsError(f"AUTH_JWKS_FILE {file}: {exc}") from None
             self._loaded_at = self._tried_at = time.monotonic()
 
-    def find(self, kid: str | None, alg: str) -> Any | None:
+    def find(self, kid: str | None, alg: str) -> PublicKey | None:
         """The public key that verifies `alg` tokens with this `kid` (a token without a kid
         matches when exactly one key fits the algorithm)."""
         fits = [k for k in self._keys if _fits(k, alg)]
@@ -127,7 +130,8 @@ def _parse(raw: bytes) -> list[_Key]:
         if entry.get("kty") not in ("RSA", "EC"):
             continue
         try:
-            key = jwt.PyJWK(entry).key
+            # An RSA or EC key, public or private (pyjwt leaves PyJWK.key untyped).
+            key: PublicKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = jwt.PyJWK(entry).key
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
             log.warning("skipping unusable JWK %s: %s", entry.get("kid"), exc)
             continue

@@ -9,18 +9,17 @@ own names: an unlabelled gauge defined here would appear, as 0, in every service
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import grpc
 import prometheus_client
 from prometheus_client import Counter, Histogram
 
-from services.common.config import env_int, env_str
+from services.common.config import MetricsSettings
 
 log = logging.getLogger(__name__)
 
 # `_created` series double the number of series and nothing reads them.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Up to the 2 s of MediaRpcLatencyHigh and beyond; CreateJob answers in milliseconds.
 RPC_LATENCY_BUCKETS = (
@@ -74,23 +73,9 @@ class RpcStats:
             self._latency.observe(seconds)
 
 
-@dataclass(frozen=True)
-class MetricsSettings:
-    port: int  # 0: no metrics endpoint
-    addr: str
-
-    @classmethod
-    def from_env(cls) -> MetricsSettings:
-        return cls(
-            port=env_int("METRICS_PORT", 9100, minimum=0),
-            addr=env_str("METRICS_ADDR", "0.0.0.0"),
-        )
-
-
-def serve_metrics(settings: MetricsSettings | None = None) -> int:
+def serve_metrics(settings: MetricsSettings) -> int:
     """Starts the `/metrics` HTTP endpoint in a daemon thread (so it answers even while the event
     loop is busy); returns its port, or 0 when METRICS_PORT is 0."""
-    settings = settings or MetricsSettings.from_env()
     if settings.port == 0:
         log.info("metrics endpoint disabled (METRICS_PORT=0)")
         return 0

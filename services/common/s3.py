@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -10,8 +10,11 @@ from botocore.exceptions import ClientError
 
 from services.common.config import S3Settings
 
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_boto3_s3.client import S3Client
 
-def make_client(settings: S3Settings, *, public: bool = False, max_pool: int = 32) -> Any:
+
+def make_client(settings: S3Settings, *, public: bool = False, max_pool: int = 32) -> S3Client:
     endpoint = settings.public_endpoint_url if public else settings.endpoint_url
     return boto3.client(
         "s3",
@@ -29,7 +32,7 @@ def make_client(settings: S3Settings, *, public: bool = False, max_pool: int = 3
     )
 
 
-def ensure_bucket(client: Any, bucket: str) -> None:
+def ensure_bucket(client: S3Client, bucket: str) -> None:
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as exc:

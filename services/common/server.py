@@ -1,5 +1,6 @@
-"""The gRPC server every service runs: error mapping, metrics and tracing (interceptor.py),
-health checking with readiness from dependency checks (health.py), reflection, a bounded pool for
+"""The gRPC server every service runs: its interceptors (services.common.interceptors: refusal
+while draining, metrics, tracing and log context, error mapping, tolerant decoding), health
+checking with readiness from dependency checks (health.py), reflection, a bounded pool for
 blocking calls, and graceful shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import tls
 from services.common.config import ServerSettings
 from services.common.health import Readiness
-from services.common.interceptor import RpcInterceptor
+from services.common.interceptors import CallContext, Chain, Decode, Drain, Errors, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,25 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+def _interceptors(gate: Drain) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first. The drain gate leads, so that a refused call reaches nothing else (not
+    parsed, counted or traced). Metrics wrap the rest, so they time all of it. The call context
+    (span, job_id) encloses error mapping, so that the line logged for an unexpected error
+    carries the trace, span and job IDs, and the span sees the status it ended with. Decoding
+    comes last, inside error mapping: a request that does not parse is refused like any other
+    invalid one, counted and traced as INVALID_ARGUMENT."""
+    return [gate, Chain(Metrics(), CallContext(), Errors(), Decode())]
+
+
 class ServiceHost:
     """One grpc.aio server with health and reflection; add services, then `run`."""
 
     def __init__(self, name: str, settings: ServerSettings) -> None:
         self.name = name
         self.settings = settings
-        self._interceptor = RpcInterceptor()
+        self._gate = Drain()
         self.server = grpc.aio.server(
-            interceptors=[self._interceptor],
+            interceptors=_interceptors(self._gate),
             options=[
                 *channel_options(settings.max_message_bytes),
                 # Recycle long-lived HTTP/2 connections so clients rebalance across replicas.
@@ -61,7 +72,9 @@ class ServiceHost:
         self.health_port = 0
         self._health_server: grpc.aio.Server | None = None
         # Readiness ("" and each service) follows the checks services add with add_check.
-        self.readiness = Readiness(self._apply_serving)
+        self.readiness = Readiness(
+            self._apply_serving, interval_seconds=settings.readiness_check_seconds
+        )
 
     def add_check(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
         """A dependency the server is not ready without; see services.common.health."""
@@ -132,15 +145,15 @@ class ServiceHost:
         """Answers new calls UNAVAILABLE until none has come for a moment (at most
         SHUTDOWN_DRAIN_SECONDS). Calls gRPC had already accepted are handed over meanwhile and
         told to retry, instead of being CANCELLED by the stop; calls in flight go on."""
-        self._interceptor.draining = True
+        self._gate.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_drain_seconds
         seen = -1
-        while loop.time() < deadline and self._interceptor.refused != seen:
-            seen = self._interceptor.refused
+        while loop.time() < deadline and self._gate.refused != seen:
+            seen = self._gate.refused
             await asyncio.sleep(0.1)
-        if self._interceptor.refused:
-            log.info("refused %d call(s) while draining", self._interceptor.refused)
+        if self._gate.refused:
+            log.info("refused %d call(s) while draining", self._gate.refused)
 
 
 async def wait_for_signal() -> None:

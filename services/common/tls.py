@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import grpc
 
 from services.common.config import SettingsError, TlsSettings
+
+# A channel argument: gRPC takes integer and string values.
+ChannelOption: TypeAlias = tuple[str, str | int]
 
 
 def _read(path: str, setting: str) -> bytes:
@@ -52,7 +55,7 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials | None:
     )
 
 
-def _options(tls: TlsSettings, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _options(tls: TlsSettings, options: Sequence[ChannelOption]) -> list[ChannelOption]:
     merged = list(options)
     if tls.client_enabled and tls.server_name:
         merged.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -63,8 +66,8 @@ def aio_channel(
     addr: str,
     tls: TlsSettings,
     *,
-    options: Sequence[tuple[str, Any]] = (),
-    interceptors: Sequence[Any] | None = None,
+    options: Sequence[ChannelOption] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     credentials = channel_credentials(tls)
     if credentials is None:
@@ -75,7 +78,7 @@ def aio_channel(
 
 
 def sync_channel(
-    addr: str, tls: TlsSettings, *, options: Sequence[tuple[str, Any]] = ()
+    addr: str, tls: TlsSettings, *, options: Sequence[ChannelOption] = ()
 ) -> grpc.Channel:
     credentials = channel_credentials(tls)
     if credentials is None:

@@ -13,16 +13,16 @@ The W3C `traceparent` (and `tracestate`) go through the global propagator both w
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TypeAlias, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common.config import env_str
+from services.common.config import TracingSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,12 @@ _enabled = False
 TRACEPARENT = "traceparent"
 
 
-def setup_tracing(service: str) -> bool:
+def setup_tracing(service: str, settings: TracingSettings) -> bool:
     """Installs the SDK with an OTLP exporter when an endpoint is configured; returns whether it
     did. Call once per process, before the first span."""
     global _enabled
-    endpoint = env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env_str(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if not endpoint or env_str("OTEL_SDK_DISABLED").lower() == "true":
+    endpoint = settings.otlp_endpoint
+    if not endpoint:
         return False
     # Imported only when exporting: the SDK and grpc exporter are not needed otherwise.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -95,7 +93,7 @@ def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Cont
 
 
 def context_from_metadata(
-    metadata: Sequence[tuple[str, Any]] | None,
+    metadata: Collection[tuple[str, str | bytes]] | None,
 ) -> otel_context.Context | None:
     """The context in gRPC invocation metadata; None when the caller sent none."""
     if not metadata:
@@ -109,7 +107,9 @@ def context_from_metadata(
     return propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
 
 
-def inject_metadata(metadata: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+def inject_metadata(
+    metadata: Sequence[tuple[str, str | bytes]] | None,
+) -> list[tuple[str, str | bytes]]:
     """`metadata` plus the current trace context."""
     out = list(metadata or ())
     carrier: dict[str, str] = {}
@@ -173,6 +173,15 @@ def set_error(current: trace.Span, description: str) -> None:
 # --- gRPC client side ----------------------------------------------------------------------
 
 
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_CallT = TypeVar("_CallT", bound=grpc.aio.Call)
+_Details: TypeAlias = grpc.aio.ClientCallDetails
+_Next: TypeAlias = Callable[[_Details, _Req], Awaitable[_CallT]]  # the rest of the chain
+_Unary: TypeAlias = grpc.aio.UnaryUnaryCall[_Req, _Resp]
+_Stream: TypeAlias = grpc.aio.UnaryStreamCall[_Req, _Resp]
+
+
 class ClientInterceptor(
     grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
 ):
@@ -180,30 +189,28 @@ class ClientInterceptor(
     with tracing off it steps aside entirely."""
 
     async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        if not _traced(details):
-            return await continuation(details, request)
-        with _client_span(details) as current:
-            call = await continuation(_with_context(details), request)
-            code = await call.code()
-            _record_code(current, code)
-            return call
+        self, continuation: _Next[_Req, _Unary[_Req, _Resp]], details: _Details, request: _Req
+    ) -> _Unary[_Req, _Resp]:
+        return await _client_call(continuation, details, request, until_done=True)
 
     async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        if not _traced(details):
-            return await continuation(details, request)
+        self, continuation: _Next[_Req, _Stream[_Req, _Resp]], details: _Details, request: _Req
+    ) -> _Stream[_Req, _Resp]:
         # The span covers starting the stream; its messages are the caller's business.
-        with _client_span(details):
-            return await continuation(_with_context(details), request)
+        return await _client_call(continuation, details, request, until_done=False)
+
+
+async def _client_call(
+    continuation: _Next[_Req, _CallT], details: _Details, request: _Req, *, until_done: bool
+) -> _CallT:
+    """The call in a CLIENT span; with `until_done`, the span waits for its status."""
+    if not _traced(details):
+        return await continuation(details, request)
+    with _client_span(details) as current:
+        call = await continuation(_with_context(details), request)
+        if until_done:
+            _record_code(current, await call.code())
+        return call
 
 
 def _traced(details: grpc.aio.ClientCallDetails) -> bool:

@@ -7,15 +7,15 @@ import asyncio
 import base64
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from services.common import logs, tracing
+from services.common import keys, lifecycle, logs, tracing
 from services.common.auth import Identity, TokenVerifier
-from services.common.errors import RpcError, invalid_argument, not_found, unavailable
+from services.common.errors import RpcError, invalid_argument, not_found, refused, unavailable
 from services.common.ids import uuid7
 from services.job_service import metrics as job_metrics
 from services.job_service import validation
@@ -27,9 +27,11 @@ from services.job_service.settings import Limits
 from services.job_service.store import NewJob, Store
 from services.job_service.urls import UrlSigner
 
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_boto3_s3.client import S3Client
+
 log = logging.getLogger(__name__)
 
-_KINDS = {"image": job_pb2.MEDIA_KIND_IMAGE, "video": job_pb2.MEDIA_KIND_VIDEO}
 # When a user at the active-job cap is told to retry: about the length of an image job.
 _ACTIVE_CAP_RETRY_SECONDS = 5.0
 
@@ -41,7 +43,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         verifier: TokenVerifier,
         signer: UrlSigner,
         limits: Limits,
-        s3: Any,
+        s3: S3Client,
         bucket: str,
     ) -> None:
         self._store = store
@@ -53,15 +55,19 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         self._batcher = CreateBatcher(store)
         self._rate = RateLimiter(limits.rate_limit_per_minute, limits.rate_limit_burst)
 
-    async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
-        return await self._verifier.identify(context.invocation_metadata())
+    async def _identity(self, metadata: grpc.aio.Metadata | None) -> Identity:
+        return await self._verifier.identify(metadata)
 
     async def CreateJob(
-        self, request: job_service_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: job_service_pb2.CreateJobRequest,
+        context: grpc.aio.ServicerContext[
+            job_service_pb2.CreateJobRequest, job_service_pb2.CreateJobResponse
+        ],
     ) -> job_service_pb2.CreateJobResponse:
         job_id = uuid7()  # the job's one ID, minted before anything else happens
         logs.bind_job_id(str(job_id))  # for any line logged during this call
-        who = await self._identity(context)
+        who = await self._identity(context.invocation_metadata())
         self._check_rate(who.subject)
         if _has_input_image(request):
             # Decoding an image is CPU work; keep it off the event loop.
@@ -71,7 +77,8 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         request_digest = digest(valid)
         request_id = valid.request_id or None
         kind_name = valid.WhichOneof("params")
-        params = getattr(valid, kind_name)
+        assert kind_name is not None  # validation requires one
+        params: job_pb2.ImageParams | job_pb2.VideoParams = getattr(valid, kind_name)
         if params.HasField("input_image"):
             # Look for a replay first so a retried create does not store its image twice.
             if request_id is not None:
@@ -84,7 +91,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             owner=who.subject,
             request_id=request_id,
             request_digest=request_digest,
-            kind=_KINDS[kind_name],
+            kind=lifecycle.KINDS_BY_NAME[kind_name],
             params=params,
             trace_headers=tracing.current_headers(),
         )
@@ -131,7 +138,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.CreateJobResponse(job=self._signer.sign(job), created=False)
 
     async def _store_input_image(self, job_id: uuid.UUID, image: job_pb2.InputImage) -> None:
-        key = f"jobs/{job_id}/input"
+        key = keys.input_key(str(job_id))
         try:
             await asyncio.to_thread(
                 self._s3.put_object,
@@ -146,9 +153,13 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         image.bucket, image.key = self._bucket, key
 
     async def GetJob(
-        self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: job_service_pb2.GetJobRequest,
+        context: grpc.aio.ServicerContext[
+            job_service_pb2.GetJobRequest, job_service_pb2.GetJobResponse
+        ],
     ) -> job_service_pb2.GetJobResponse:
-        who = await self._identity(context)
+        who = await self._identity(context.invocation_metadata())
         job_id = validation.job_id(request.job_id)
         job = await call(self._store.get_job, job_id, who.subject)
         if job is None:
@@ -156,9 +167,13 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.GetJobResponse(job=self._signer.sign(job))
 
     async def ListJobs(
-        self, request: job_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: job_service_pb2.ListJobsRequest,
+        context: grpc.aio.ServicerContext[
+            job_service_pb2.ListJobsRequest, job_service_pb2.ListJobsResponse
+        ],
     ) -> job_service_pb2.ListJobsResponse:
-        who = await self._identity(context)
+        who = await self._identity(context.invocation_metadata())
         page_size = validation.list_request(request, self._limits)
         before = _decode_token(request) if request.page_token else None
         # One extra row tells whether another page exists.
@@ -177,11 +192,18 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         return response
 
     async def CancelJob(
-        self, request: job_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: job_service_pb2.CancelJobRequest,
+        context: grpc.aio.ServicerContext[
+            job_service_pb2.CancelJobRequest, job_service_pb2.CancelJobResponse
+        ],
     ) -> job_service_pb2.CancelJobResponse:
-        who = await self._identity(context)
+        who = await self._identity(context.invocation_metadata())
         job_id = validation.job_id(request.job_id)
-        job = await call(self._store.cancel_job, job_id, who.subject)
+        try:
+            job = await call(self._store.cancel_job, job_id, who.subject)
+        except lifecycle.Refused as exc:
+            raise refused(request.job_id, exc.refusal) from None
         log.info("job canceled", extra={"job_id": job.id})
         return job_service_pb2.CancelJobResponse(job=self._signer.sign(job))
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: JobServiceSettings) -> None:
     install_blocking_pool(settings.server.blocking_threads)
-    serve_metrics()
+    serve_metrics(settings.server.metrics)
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, settings.database_url)
     engine = make_engine(settings.database_url, settings.db_pool_size)

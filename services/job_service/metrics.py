@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from media.v1 import job_pb2
+from services.common import lifecycle
+from services.common.lifecycle import KIND_NAMES, Kind, Status
 
-KINDS = {job_pb2.MEDIA_KIND_IMAGE: "image", job_pb2.MEDIA_KIND_VIDEO: "video"}
-STATUSES = {
-    job_pb2.JOB_STATUS_QUEUED: "queued",
-    job_pb2.JOB_STATUS_RUNNING: "running",
-    job_pb2.JOB_STATUS_SUCCEEDED: "succeeded",
-    job_pb2.JOB_STATUS_FAILED: "failed",
-    job_pb2.JOB_STATUS_CANCELED: "canceled",
-}
-TERMINAL = (job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED)
-ACTIVE = (job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING)
+
+def status_label(status: Status) -> str:
+    """The `status` label value: "succeeded" for SUCCEEDED."""
+    return lifecycle.status_name(status).lower()
+
 
 JOBS_CREATED = Counter(
     "media_jobs_created_total",
@@ -52,19 +48,19 @@ OUTBOX_LAG = Gauge(
 )
 
 # Resolved once: these are bumped on the request path.
-_created = {kind: JOBS_CREATED.labels(name) for kind, name in KINDS.items()}
+_created = {kind: JOBS_CREATED.labels(name) for kind, name in KIND_NAMES.items()}
 _completed = {
-    (kind, status): JOBS_COMPLETED.labels(kind_name, STATUSES[status])
-    for kind, kind_name in KINDS.items()
-    for status in TERMINAL
+    (kind, status): JOBS_COMPLETED.labels(kind_name, status_label(status))
+    for kind, kind_name in KIND_NAMES.items()
+    for status in lifecycle.FINISHED
 }
 
 
-def job_created(kind: int) -> None:
+def job_created(kind: Kind) -> None:
     _created[kind].inc()
 
 
-def job_finished(kind: int, status: int) -> None:
+def job_finished(kind: Kind, status: Status) -> None:
     """Counts a transition into a terminal status (ignores any other status)."""
     counter = _completed.get((kind, status))
     if counter is not None:

@@ -2,28 +2,92 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Protocol
 
 from google.protobuf.message import Message
 
 from media.v1 import job_pb2
-
-TERMINAL = frozenset(
-    {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
-)
+from services.common.lifecycle import ErrorCode, Kind, Status
 
 
-def status_name(status: int) -> str:
-    return job_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
+class JobRow(Protocol):
+    """The columns of a jobs row that we read (a Row of select(jobs) or RETURNING jobs; see
+    schema.jobs)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def request_digest(self) -> bytes | None: ...
+    @property
+    def kind(self) -> Kind: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def progress(self) -> int: ...
+    @property
+    def status_message(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def params(self) -> bytes: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def error_code(self) -> ErrorCode: ...
+    @property
+    def error_message(self) -> str: ...
+    @property
+    def result_digest(self) -> bytes | None: ...
+    @property
+    def generation_ms(self) -> int | None: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def created_at(self) -> dt.datetime: ...
+    @property
+    def updated_at(self) -> dt.datetime: ...
+    @property
+    def started_at(self) -> dt.datetime | None: ...
+    @property
+    def finished_at(self) -> dt.datetime | None: ...
+
+
+class OutputRow(Protocol):
+    """The columns of an outputs row that we read (see schema.outputs)."""
+
+    @property
+    def job_id(self) -> uuid.UUID: ...
+    @property
+    def idx(self) -> int: ...
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def byte_size(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def duration_seconds(self) -> float: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 def digest(message: Message) -> bytes:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
 
 
-def to_job(row: Any, outputs: Iterable[Any] = ()) -> job_pb2.Job:
+def to_job(row: JobRow, outputs: Iterable[OutputRow] = ()) -> job_pb2.Job:
     job = job_pb2.Job(
         id=str(row.id),
         kind=row.kind,
@@ -54,7 +118,7 @@ def to_job(row: Any, outputs: Iterable[Any] = ()) -> job_pb2.Job:
     return job
 
 
-def to_output(row: Any) -> job_pb2.Output:
+def to_output(row: OutputRow) -> job_pb2.Output:
     return job_pb2.Output(
         index=row.idx,
         bucket=row.bucket,
@@ -68,7 +132,7 @@ def to_output(row: Any) -> job_pb2.Output:
     )
 
 
-def output_rows(job_id: Any, outputs: Sequence[job_pb2.Output]) -> list[dict[str, Any]]:
+def output_rows(job_id: uuid.UUID, outputs: Sequence[job_pb2.Output]) -> list[dict[str, object]]:
     return [
         {
             "job_id": job_id,

@@ -13,21 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TypeVar, TypeVarTuple
 
 from nats.aio.client import Client
 from sqlalchemy import Engine, bindparam, case, create_engine, func, select, text
 
-from media.v1 import job_pb2
-from services.common import jetstream
+from services.common import jetstream, lifecycle
 from services.job_service import metrics
 from services.job_service.schema import jobs, outbox
 
 log = logging.getLogger(__name__)
 
-_RUNNING = job_pb2.JOB_STATUS_RUNNING
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+_RUNNING = lifecycle.RUNNING
 
 # Seconds since each active job entered its status: a queued job is not updated until it leaves
 # QUEUED, so updated_at is when it entered; a running job's updated_at moves with progress, so
@@ -43,7 +46,7 @@ _ACTIVE_JOBS = (
         func.count(),
         func.extract("epoch", func.statement_timestamp() - func.min(_entered)),
     )
-    .where(jobs.c.status.in_(metrics.ACTIVE))
+    .where(jobs.c.status.in_(lifecycle.ACTIVE))
     .group_by(jobs.c.kind, jobs.c.status)
 )
 # Rows this replica has published but not yet deleted are not backlog.
@@ -76,7 +79,7 @@ class Sampler:
         nc: Client,
         *,
         interval_seconds: float,
-        published_ids: Callable[[], Sequence[Any]] = list,
+        published_ids: Callable[[], Sequence[uuid.UUID]] = list,
     ) -> None:
         self._engine = engine
         self._published_ids = published_ids
@@ -133,12 +136,12 @@ class Sampler:
         """One round: the database gauges, then the consumers' (NATS may be down alone)."""
         published = self._published_ids()
         active, (pending, lag) = await self._in_thread(self._read_database, published)
-        for kind, kind_name in metrics.KINDS.items():
+        for kind, kind_name in lifecycle.KIND_NAMES.items():
             depth = 0
-            for status in metrics.ACTIVE:
+            for status in lifecycle.ACTIVE:
                 count, age = active.get((kind, status), (0, 0.0))
-                metrics.OLDEST_AGE.labels(kind_name, metrics.STATUSES[status]).set(age)
-                if status == job_pb2.JOB_STATUS_QUEUED:
+                metrics.OLDEST_AGE.labels(kind_name, metrics.status_label(status)).set(age)
+                if status == lifecycle.QUEUED:
                     depth = count
             metrics.QUEUE_DEPTH.labels(kind_name).set(depth)
         metrics.OUTBOX_PENDING.set(pending)
@@ -146,7 +149,7 @@ class Sampler:
         await self._sample_consumers()
 
     def _read_database(
-        self, published: Sequence[Any]
+        self, published: Sequence[uuid.UUID]
     ) -> tuple[dict[tuple[int, int], tuple[int, float]], tuple[int, float]]:
         with self._engine.connect() as conn:
             active = {
@@ -157,7 +160,7 @@ class Sampler:
         return active, (int(count), max(0.0, float(age or 0)))
 
     async def _sample_consumers(self) -> None:
-        for kind in jetstream.KINDS:
+        for kind in lifecycle.KINDS:
             try:
                 info = await self._js.consumer_info(
                     jetstream.DISPATCH_STREAM, jetstream.worker_consumer(kind), timeout=2
@@ -170,5 +173,5 @@ class Sampler:
             pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
             metrics.CONSUMER_PENDING.labels(kind).set(pending)
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _in_thread(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -21,6 +21,12 @@ from sqlalchemy import (
     text,
 )
 
+from services.common.lifecycle import ACTIVE
+
+# The SQL spelling of lifecycle.ACTIVE, for partial indexes and the queries that must match them
+# (a literal list, so the planner can prove a query implies an index's predicate).
+ACTIVE_PREDICATE = f"status IN ({', '.join(str(int(s)) for s in sorted(ACTIVE))})"
+
 metadata = MetaData()
 
 jobs = Table(
@@ -54,12 +60,12 @@ jobs = Table(
         unique=True,
         postgresql_where=text("request_id IS NOT NULL"),
     ),
-    # Queued and running jobs only (JOB_STATUS_QUEUED = 1, JOB_STATUS_RUNNING = 2): keeps the
-    # metrics sampler's count of active jobs small however many finished jobs the table holds.
-    Index("jobs_active", "kind", "status", postgresql_where=text("status IN (1, 2)")),
+    # Queued and running jobs only: keeps the metrics sampler's count of active jobs small
+    # however many finished jobs the table holds.
+    Index("jobs_active", "kind", "status", postgresql_where=text(ACTIVE_PREDICATE)),
     # The same rows by owner: CreateJob counts a user's active jobs against
     # MAX_ACTIVE_JOBS_PER_USER without reading their finished ones.
-    Index("jobs_owner_active", "owner", postgresql_where=text("status IN (1, 2)")),
+    Index("jobs_owner_active", "owner", postgresql_where=text(ACTIVE_PREDICATE)),
 )
 
 outputs = Table(

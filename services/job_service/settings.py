@@ -14,6 +14,7 @@ from services.common.config import (
     env_int,
     env_list,
     env_str,
+    max_input_image_bytes,
 )
 
 IMAGE_MODELS = (
@@ -67,6 +68,14 @@ def _at_most(name: str, model_max: int, minimum: int) -> int:
     return value
 
 
+def database_url_from_env() -> str:
+    """DATABASE_URL alone: all that `migrate` needs (not the service's secrets)."""
+    database_url = env_str("DATABASE_URL")
+    if not database_url:
+        raise SettingsError("DATABASE_URL must be set")
+    return database_url
+
+
 @dataclass(frozen=True)
 class JobServiceSettings:
     database_url: str
@@ -85,9 +94,7 @@ class JobServiceSettings:
 
     @classmethod
     def from_env(cls) -> JobServiceSettings:
-        database_url = env_str("DATABASE_URL")
-        if not database_url:
-            raise SettingsError("DATABASE_URL must be set")
+        database_url = database_url_from_env()
         return cls(
             database_url=database_url,
             nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
@@ -96,9 +103,7 @@ class JobServiceSettings:
             auth=AuthSettings.from_env(),
             limits=Limits(
                 max_prompt_chars=env_int("MAX_PROMPT_CHARS", 8000, minimum=1),
-                max_input_image_bytes=env_int(
-                    "MAX_INPUT_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1024
-                ),
+                max_input_image_bytes=max_input_image_bytes(),
                 max_page_size=env_int("MAX_PAGE_SIZE", 100, minimum=1),
                 image_models=env_list("IMAGE_MODELS", IMAGE_MODELS),
                 video_models=env_list("VIDEO_MODELS", VIDEO_MODELS),

@@ -1,18 +1,24 @@
 """All SQL of job_service. Every state change commits together with its outbox rows.
 
+A change locks the job's row, asks the lifecycle core (services/common/lifecycle.py) what the
+command does, and writes its answer: the new state, the outbox rows it emits, or nothing. A
+refusal is raised as lifecycle.Refused for the servicers to map to an RPC error.
+
 Methods block (psycopg2); the servicers call them through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     delete,
@@ -26,20 +32,29 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from media.v1 import events_pb2, job_pb2, worker_service_pb2
-from services.common import jetstream, tracing
-from services.common.errors import (
-    ATTEMPT_STALE,
-    JOB_FINISHED,
-    RpcError,
-    failed_precondition,
-    not_found,
-)
+from services.common import jetstream, lifecycle, tracing
 from services.common.ids import uuid7
+from services.common.lifecycle import (
+    Cancel,
+    Claim,
+    Command,
+    Emit,
+    FailFinal,
+    FailRetryable,
+    JobState,
+    Progress,
+    Refusal,
+    Refused,
+    Succeed,
+    Transition,
+    Unchanged,
+)
 from services.job_service import metrics as job_metrics
-from services.job_service.records import TERMINAL, digest, output_rows, status_name, to_job
-from services.job_service.schema import jobs, outbox, outputs
+from services.job_service.records import JobRow, OutputRow, digest, output_rows, to_job
+from services.job_service.schema import ACTIVE_PREDICATE, jobs, outbox, outputs
 
-KIND_NAMES = {job_pb2.MEDIA_KIND_IMAGE: "image", job_pb2.MEDIA_KIND_VIDEO: "video"}
+# Every job starts the same way; asked once.
+_CREATED = lifecycle.create()
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,7 @@ class NewJob:
     owner: str
     request_id: str | None
     request_digest: bytes
-    kind: int
+    kind: lifecycle.Kind
     params: job_pb2.ImageParams | job_pb2.VideoParams
     # The trace context of the CreateJob call, stored with its outbox rows (creates are batched,
     # so it cannot be read from the context the transaction runs in).
@@ -73,12 +88,21 @@ class OutboxRow:
     headers: dict[str, str] | None = None  # trace context, published as NATS headers
 
 
+class _OutboxValues(TypedDict):
+    """An outbox row queued in a transaction; its id is minted when it is inserted."""
+
+    id: NotRequired[uuid.UUID]
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None
+
+
 class _Tx:
     """One transaction and the outbox rows it queues; they are inserted just before commit."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.outbox: list[dict[str, Any]] = []
+        self.outbox: list[_OutboxValues] = []
 
 
 class Store:
@@ -145,17 +169,7 @@ class Store:
                     results.append(Created(job, False, existing.request_digest))
                     continue
                 job = to_job(row)
-                kind = KIND_NAMES[new.kind]
-                dispatch = events_pb2.JobDispatch(job_id=job.id, kind=new.kind)
-                getattr(dispatch, kind).CopyFrom(new.params)
-                tx.outbox.append(
-                    {
-                        "subject": jetstream.dispatch_subject(kind),
-                        "payload": dispatch.SerializeToString(),
-                        "headers": new.trace_headers,
-                    }
-                )
-                tx.outbox.append(_event_row(job, new.trace_headers))
+                tx.outbox.extend(_emitted(_CREATED.emit, job, new.params, new.trace_headers))
                 results.append(Created(job, True, new.request_digest))
         return results
 
@@ -168,7 +182,9 @@ class Store:
         partial index jobs_owner_active (queued and running jobs only)."""
         owners = sorted({new.owner for new in batch})
         conn.execute(_LOCK_OWNERS, {"owners": owners})
-        active = dict(conn.execute(_COUNT_ACTIVE, {"owners": owners}).tuples().all())
+        active: dict[str, int] = dict(
+            conn.execute(_COUNT_ACTIVE, {"owners": owners}).tuples().all()
+        )
         refused: set[uuid.UUID] = set()
         for new in batch:
             if active.get(new.owner, 0) < self.max_active_per_owner:
@@ -195,7 +211,13 @@ class Store:
             return None if row is None else self._with_outputs(conn, row)
 
     def list_jobs(
-        self, owner: str, *, limit: int, before: uuid.UUID | None, kind: int, status: int
+        self,
+        owner: str,
+        *,
+        limit: int,
+        before: uuid.UUID | None,
+        kind: lifecycle.Kind,
+        status: lifecycle.Status,
     ) -> list[job_pb2.Job]:
         """The owner's jobs newest first (UUIDv7 order), keyset-paginated by `before`."""
         query = select(jobs).where(jobs.c.owner == owner)
@@ -212,140 +234,45 @@ class Store:
             return [to_job(r, found.get(r.id, ())) for r in rows]
 
     def cancel_job(self, job_id: uuid.UUID, owner: str) -> job_pb2.Job:
-        with self._transaction() as tx:
-            row = self._lock(tx.conn, job_id, owner)
-            if row.status == job_pb2.JOB_STATUS_CANCELED:
-                return self._with_outputs(tx.conn, row)
-            if row.status in TERMINAL:
-                raise _finished(row, " and can no longer be canceled")
-            return self._transition(
-                tx,
-                row,
-                status=job_pb2.JOB_STATUS_CANCELED,
-                status_message="canceled by the owner",
-                finished_at=_now(),
-            )
+        return self._change(job_id, owner, Cancel())
 
     # --- workers -------------------------------------------------------------------------
 
     def claim(self, job_id: uuid.UUID) -> job_pb2.Job:
         """Starts a new attempt of a dispatched job: RUNNING under attempt + 1."""
-        with self._transaction() as tx:
-            row = self._lock(tx.conn, job_id, None)
-            if row.status in TERMINAL:
-                raise _finished(row)
-            exhausted = row.attempt >= self.max_attempts
-            if exhausted:
-                # Commit the failure first; the caller is refused after the transaction.
-                cause = row.error_message or "the worker stopped without reporting"
-                self._transition(
-                    tx,
-                    row,
-                    status=job_pb2.JOB_STATUS_FAILED,
-                    status_message="attempts exhausted",
-                    error_code=job_pb2.ERROR_CODE_ATTEMPTS_EXHAUSTED,
-                    error_message=f"attempts exhausted after {row.attempt}: {cause}",
-                    finished_at=_now(),
-                )
-            else:
-                attempt = row.attempt + 1
-                job = self._transition(
-                    tx,
-                    row,
-                    status=job_pb2.JOB_STATUS_RUNNING,
-                    attempt=attempt,
-                    progress=0,
-                    status_message=f"started (attempt {attempt})",
-                    started_at=row.started_at or _now(),
-                )
-        if exhausted:
-            raise failed_precondition(
-                f"job {job_id} has exhausted its attempts",
-                JOB_FINISHED,
-                status_name(job_pb2.JOB_STATUS_FAILED),
-            )
-        return job
+        return self._change(job_id, None, Claim(self.max_attempts))
 
     def report_progress(
         self, job_id: uuid.UUID, attempt: int, progress: int, message: str
     ) -> job_pb2.Job:
-        with self._transaction() as tx:
-            row = self._lock(tx.conn, job_id, None)
-            self._check_attempt(row, attempt)
-            if row.progress == progress and row.status_message == message:
-                return self._with_outputs(tx.conn, row)
-            return self._transition(tx, row, progress=progress, status_message=message)
+        return self._change(job_id, None, Progress(attempt, progress, message))
 
     def complete(self, request: worker_service_pb2.CompleteJobRequest) -> job_pb2.Job:
         job_id = uuid.UUID(request.job_id)
-        result_digest = digest(request)
-        with self._transaction() as tx:
-            row = self._lock(tx.conn, job_id, None)
-            if row.status in TERMINAL:
-                if row.result_digest == result_digest:
-                    return self._with_outputs(tx.conn, row)  # a repeated CompleteJob
-                raise failed_precondition(
-                    f"job {job_id} is already {status_name(row.status)}; a different result "
-                    "cannot be recorded",
-                    JOB_FINISHED,
-                    status_name(row.status),
-                )
-            self._check_attempt(row, request.attempt)
-            if request.HasField("success"):
-                return self._succeed(tx, row, request.success, result_digest)
-            return self._fail(tx, row, request.failure, result_digest)
-
-    def _succeed(
-        self, tx: _Tx, row: Any, success: worker_service_pb2.JobSuccess, result: bytes
-    ) -> job_pb2.Job:
-        tx.conn.execute(insert(outputs), output_rows(row.id, success.outputs))
-        gen_ms = (
-            success.generation_time.ToMilliseconds()
-            if success.HasField("generation_time")
-            else None
-        )
-        return self._transition(
-            tx,
-            row,
-            status=job_pb2.JOB_STATUS_SUCCEEDED,
-            progress=100,
-            status_message=success.status_message or "succeeded",
-            model=success.model,
-            generation_ms=gen_ms,
-            error_code=0,
-            error_message="",
-            result_digest=result,
-            finished_at=_now(),
-            outputs_=list(success.outputs),
-        )
-
-    def _fail(
-        self, tx: _Tx, row: Any, failure: worker_service_pb2.JobFailure, result: bytes
-    ) -> job_pb2.Job:
-        if failure.retryable and row.attempt < self.max_attempts:
-            return self._transition(
-                tx,
-                row,
-                status=job_pb2.JOB_STATUS_QUEUED,
-                progress=0,
-                status_message=f"retrying after attempt {row.attempt}: {failure.message}",
-                error_code=failure.code,
-                error_message=failure.message,
+        result = digest(request)
+        if request.HasField("success"):
+            success = request.success
+            gen_ms = (
+                success.generation_time.ToMilliseconds()
+                if success.HasField("generation_time")
+                else None
             )
-        code, message = failure.code, failure.message
+            return self._change(
+                job_id,
+                None,
+                Succeed(request.attempt, result, success.status_message),
+                extra={"model": success.model, "generation_ms": gen_ms},
+                new_outputs=success.outputs,
+            )
+        failure = request.failure
+        command: Command
         if failure.retryable:
-            code = job_pb2.ERROR_CODE_ATTEMPTS_EXHAUSTED
-            message = f"attempts exhausted after {row.attempt}: {failure.message}"
-        return self._transition(
-            tx,
-            row,
-            status=job_pb2.JOB_STATUS_FAILED,
-            status_message="failed",
-            error_code=code,
-            error_message=message,
-            result_digest=result,
-            finished_at=_now(),
-        )
+            command = FailRetryable(
+                request.attempt, failure.code, failure.message, result, self.max_attempts
+            )
+        else:
+            command = FailFinal(request.attempt, failure.code, failure.message, result)
+        return self._change(job_id, None, command)
 
     # --- outbox --------------------------------------------------------------------------
 
@@ -372,59 +299,88 @@ class Store:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _lock(self, conn: Connection, job_id: uuid.UUID, owner: str | None) -> Any:
+    def _lock(self, conn: Connection, job_id: uuid.UUID, owner: str | None) -> JobRow:
         query = select(jobs).where(jobs.c.id == job_id).with_for_update()
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         row = conn.execute(query).first()
         if row is None:
-            raise not_found(f"job {job_id}")
+            raise Refused(Refusal(lifecycle.Reason.JOB_NOT_FOUND, "not found", None))
         return row
 
-    def _check_attempt(self, row: Any, attempt: int) -> None:
-        if row.status in TERMINAL:
-            raise _finished(row)
-        if attempt != row.attempt or row.status != job_pb2.JOB_STATUS_RUNNING:
-            raise failed_precondition(
-                f"attempt {attempt} of job {row.id} is stale (current attempt {row.attempt}, "
-                f"status {status_name(row.status)})",
-                ATTEMPT_STALE,
-                status_name(row.status),
-            )
+    def _change(
+        self,
+        job_id: uuid.UUID,
+        owner: str | None,
+        command: Command,
+        *,
+        extra: dict[str, object] | None = None,
+        new_outputs: Sequence[job_pb2.Output] = (),
+    ) -> job_pb2.Job:
+        """Locks the job, asks the core what `command` does and writes it. `extra` columns and
+        `new_outputs` are written with a transition (a success), never with a refusal."""
+        with self._transaction() as tx:
+            row = self._lock(tx.conn, job_id, owner)
+            decision = lifecycle.decide(_state(row), command)
+            if isinstance(decision, Refusal):
+                raise Refused(decision)
+            if isinstance(decision, Unchanged):
+                return self._with_outputs(tx.conn, row)
+            job = self._write(tx, row, decision, extra or {}, new_outputs)
+        if decision.then_refuse is not None:  # the change is committed; now the refusal
+            raise Refused(decision.then_refuse)
+        return job
 
-    def _transition(
+    def _write(
         self,
         tx: _Tx,
-        row: Any,
-        *,
-        outputs_: Sequence[job_pb2.Output] | None = None,
-        **changes: Any,
+        row: JobRow,
+        transition: Transition,
+        extra: dict[str, object],
+        new_outputs: Sequence[job_pb2.Output],
     ) -> job_pb2.Job:
-        """Applies changes, bumps the version and queues the status event, in tx."""
+        """Applies a transition, bumps the version and queues what it emits, in tx."""
+        state = transition.state
+        values: dict[str, object] = {
+            "status": state.status,
+            "attempt": state.attempt,
+            "progress": state.progress,
+            "status_message": state.status_message,
+            "error_code": state.error_code,
+            "error_message": state.error_message,
+            "result_digest": state.result_digest,
+            **extra,
+        }
+        if state.status == lifecycle.RUNNING and row.started_at is None:
+            values["started_at"] = _now()
+        if transition.finished:
+            values["finished_at"] = _now()
+        if new_outputs:
+            tx.conn.execute(insert(outputs), output_rows(row.id, new_outputs))
         updated = tx.conn.execute(
             update(jobs)
             .where(jobs.c.id == row.id)
-            .values(**changes, version=jobs.c.version + 1, updated_at=_now())
+            .values(**values, version=jobs.c.version + 1, updated_at=_now())
             .returning(jobs)
         ).one()
-        if outputs_ is None:
-            job = self._with_outputs(tx.conn, updated)
-        else:
+        if new_outputs:
             job = to_job(updated)
-            job.outputs.extend(outputs_)
+            job.outputs.extend(new_outputs)
+        else:
+            job = self._with_outputs(tx.conn, updated)
         # The calling RPC's trace context (asyncio.to_thread carries it into this thread).
-        tx.outbox.append(_event_row(job, tracing.current_headers()))
-        if "status" in changes:
+        tx.outbox.extend(_emitted(transition.emit, job, None, tracing.current_headers()))
+        if state.status != row.status:
             # Counted before the commit: a failed commit (rare) counts a completion twice.
-            job_metrics.job_finished(row.kind, changes["status"])
+            job_metrics.job_finished(row.kind, state.status)
         return job
 
-    def _with_outputs(self, conn: Connection, row: Any) -> job_pb2.Job:
+    def _with_outputs(self, conn: Connection, row: JobRow) -> job_pb2.Job:
         return to_job(row, self._outputs_of(conn, [row.id]).get(row.id, ()))
 
     @staticmethod
-    def _outputs_of(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-        found: dict[uuid.UUID, list[Any]] = defaultdict(list)
+    def _outputs_of(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OutputRow]]:
+        found: dict[uuid.UUID, list[OutputRow]] = defaultdict(list)
         if job_ids:
             rows = conn.execute(
                 select(outputs).where(outputs.c.job_id.in_(job_ids)).order_by(outputs.c.idx)
@@ -434,7 +390,7 @@ class Store:
         return found
 
 
-_SECOND = literal_column("interval '1 second'")
+_SECOND: ColumnElement[dt.timedelta] = literal_column("interval '1 second'")
 
 # Built once: constructing a statement costs more than executing it.
 _INSERT_JOBS = (
@@ -452,11 +408,11 @@ _LOCK_OWNERS = text(
 )
 _COUNT_ACTIVE = text(
     "SELECT owner, count(*) FROM jobs WHERE owner = ANY(CAST(:owners AS text[])) "
-    "AND status IN (1, 2) GROUP BY owner"
+    f"AND {ACTIVE_PREDICATE} GROUP BY owner"
 )
 
 
-def _write_outbox(conn: Connection, rows: list[dict[str, Any]]) -> list[OutboxRow]:
+def _write_outbox(conn: Connection, rows: list[_OutboxValues]) -> list[OutboxRow]:
     if not rows:
         return []
     # The ID is minted here, not by a database sequence: JetStream deduplicates on it, and a
@@ -467,32 +423,54 @@ def _write_outbox(conn: Connection, rows: list[dict[str, Any]]) -> list[OutboxRo
     return [OutboxRow(r["id"], r["subject"], r["payload"], r["headers"]) for r in rows]
 
 
-def _job_values(new: NewJob) -> dict[str, Any]:
+def _job_values(new: NewJob) -> dict[str, object]:
     return {
         "id": new.id,
         "owner": new.owner,
         "request_id": new.request_id,
         "request_digest": new.request_digest,
         "kind": new.kind,
-        "status": job_pb2.JOB_STATUS_QUEUED,
-        "status_message": "queued",
+        "status": _CREATED.state.status,
+        "status_message": _CREATED.state.status_message,
         "params": new.params.SerializeToString(),
     }
 
 
-def _event_row(job: job_pb2.Job, headers: dict[str, str] | None) -> dict[str, Any]:
-    return {
-        "subject": jetstream.event_subject(job.id),
-        "payload": events_pb2.JobEvent(job=job).SerializeToString(),
-        "headers": headers,
-    }
+def _state(row: JobRow) -> JobState:
+    return JobState(
+        status=row.status,
+        attempt=row.attempt,
+        progress=row.progress,
+        status_message=row.status_message,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        result_digest=row.result_digest,
+    )
 
 
-def _finished(row: Any, more: str = "") -> RpcError:
-    status = status_name(row.status)
-    return failed_precondition(f"job {row.id} is {status}{more}", JOB_FINISHED, status)
+def _emitted(
+    emit: Sequence[Emit],
+    job: job_pb2.Job,
+    params: job_pb2.ImageParams | job_pb2.VideoParams | None,
+    headers: dict[str, str] | None,
+) -> list[_OutboxValues]:
+    """The outbox rows of what a transition emits: a dispatch (with the job's parameters) and the
+    job's status event."""
+    rows: list[_OutboxValues] = []
+    for what in emit:
+        if what is Emit.DISPATCH:
+            assert params is not None, "a dispatch carries the job's parameters"
+            kind = lifecycle.kind_name(job.kind)
+            dispatch = events_pb2.JobDispatch(job_id=job.id, kind=job.kind)
+            getattr(dispatch, kind).CopyFrom(params)
+            subject, payload = jetstream.dispatch_subject(kind), dispatch.SerializeToString()
+        else:
+            subject = jetstream.event_subject(job.id)
+            payload = events_pb2.JobEvent(job=job).SerializeToString()
+        rows.append({"subject": subject, "payload": payload, "headers": headers})
+    return rows
 
 
-def _now() -> Any:
+def _now() -> ColumnElement[dt.datetime]:
     # statement_timestamp(), not now(): within one transaction now() never moves.
     return func.statement_timestamp()

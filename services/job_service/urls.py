@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING
 
 from media.v1 import job_pb2
 
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_boto3_s3.client import S3Client
+
 
 class UrlSigner:
-    def __init__(self, public_s3: Any, ttl_seconds: int) -> None:
+    def __init__(self, public_s3: S3Client, ttl_seconds: int) -> None:
         self._s3 = public_s3  # a client whose endpoint is the one clients can reach
         self._ttl = ttl_seconds
 

@@ -7,30 +7,18 @@ import functools
 import io
 import uuid
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import Protocol
 
 from PIL import Image
 
 from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
+from services.common import keys
 from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid
+from services.common.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
 from services.job_service.settings import Limits
 
-IMAGE_SIZES = (
-    "256x256",
-    "512x512",
-    "1024x1024",
-    "832x1248",
-    "1248x832",
-    "864x1184",
-    "1184x864",
-    "896x1152",
-    "1152x896",
-    "768x1344",
-    "1344x768",
-    "1536x672",
-)
-DEFAULT_IMAGE_SIZE = "1024x1024"
 MIN_VIDEO_SECONDS = 4
 DEFAULT_VIDEO_SECONDS = 8  # or Limits.max_video_seconds when that is lower
 # A job asks for at most this many outputs, whatever the settings (they may only lower it).
@@ -41,6 +29,15 @@ MAX_INPUT_IMAGE_PIXELS = 50_000_000
 _IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 Violations = list[tuple[str, str]]
+
+
+class _ProtoEnum(Protocol):
+    """A generated protobuf enum (job_pb2.ImageFormat, ...): what _enum reads of it. Hashable,
+    for functools.cache."""
+
+    def __hash__(self) -> int: ...
+    def keys(self) -> Iterable[str]: ...
+    def values(self) -> Iterable[int]: ...
 
 
 def job_id(value: str, field: str = "job_id") -> uuid.UUID:
@@ -123,11 +120,11 @@ def _text(value: str, field: str, limit: int, bad: Violations, *, required: bool
 
 
 @functools.cache
-def _enum_values(enum: Any) -> frozenset[int]:
+def _enum_values(enum: _ProtoEnum) -> frozenset[int]:
     return frozenset(enum.values())
 
 
-def _enum(value: int, enum: Any, field: str, bad: Violations) -> None:
+def _enum(value: int, enum: _ProtoEnum, field: str, bad: Violations) -> None:
     if value not in _enum_values(enum):
         names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))
         bad.append((field, f"unknown value {value}; must be one of {names}"))
@@ -189,8 +186,8 @@ def progress_request(request: worker_service_pb2.ReportProgressRequest) -> uuid.
     parsed = parse_uuid(request.job_id)
     if parsed is None:
         bad.append(("job_id", "must be a job ID"))
-    if request.attempt < 0:
-        bad.append(("attempt", "must not be negative"))
+    if request.attempt <= 0:
+        bad.append(("attempt", "must be the attempt number ClaimJob returned"))
     if not 0 <= request.progress <= 100:
         bad.append(("progress", "must be between 0 and 100"))
     if len(request.message) > 500 or "\x00" in request.message:
@@ -228,9 +225,13 @@ def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUI
             ):
                 bad.append((where, "byte_size, width and height must be positive"))
             # A worker records only files of the job it was given, never another job's objects
-            # (job_service would otherwise mint URLs for them).
-            if parsed is not None and not o.key.startswith(f"jobs/{parsed}/"):
-                bad.append((f"{where}.key", f"must be under jobs/{parsed}/"))
+            # (job_service would otherwise mint URLs for them): the key must be exactly the one
+            # the layout gives that output, so no `..` or other spelling can point elsewhere.
+            if parsed is not None and not keys.is_output_key(
+                o.key, str(parsed), request.attempt, o.index, o.content_type
+            ):
+                expected = f"{keys.job_prefix(str(parsed))}{request.attempt}/output-{o.index}.<ext>"
+                bad.append((f"{where}.key", f"must be {expected} for its content type"))
             if o.url:
                 bad.append((f"{where}.url", "is minted at read time and must not be sent"))
         if s.HasField("generation_time") and not (

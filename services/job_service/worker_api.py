@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import ParamSpec
 
 import grpc
 
-from media.v1 import worker_service_pb2, worker_service_pb2_grpc
+from media.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from services.common.auth import TokenVerifier
-from services.common.errors import RpcError, invalid_argument
+from services.common.errors import RpcError, invalid_argument, refused
+from services.common.lifecycle import Refused, status_name
 from services.job_service import validation
 from services.job_service.database import call
-from services.job_service.records import status_name
 from services.job_service.store import Store
+
+P = ParamSpec("P")
 
 log = logging.getLogger(__name__)
 
@@ -25,35 +29,61 @@ class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
         self._verifier = verifier
         self._bucket = bucket  # outputs must be stored here (empty: not checked)
 
-    async def _require_worker(self, context: grpc.aio.ServicerContext) -> None:
-        who = await self._verifier.identify(context.invocation_metadata())
+    async def _require_worker(self, metadata: grpc.aio.Metadata | None) -> None:
+        who = await self._verifier.identify(metadata)
         if not who.is_worker:
             raise RpcError(
                 grpc.StatusCode.PERMISSION_DENIED, "WorkerService needs a worker credential"
             )
 
+    async def _change(
+        self, job_id: str, change: Callable[P, job_pb2.Job], *args: P.args, **kwargs: P.kwargs
+    ) -> job_pb2.Job:
+        try:
+            return await call(change, *args, **kwargs)
+        except Refused as exc:
+            raise refused(job_id, exc.refusal) from None
+
+    async def ClaimJob(
+        self,
+        request: worker_service_pb2.ClaimJobRequest,
+        context: grpc.aio.ServicerContext[
+            worker_service_pb2.ClaimJobRequest, worker_service_pb2.ClaimJobResponse
+        ],
+    ) -> worker_service_pb2.ClaimJobResponse:
+        await self._require_worker(context.invocation_metadata())
+        job_id = validation.job_id(request.job_id)
+        job = await self._change(request.job_id, self._store.claim, job_id)
+        log.info("job started", extra={"job_id": job.id, "attempt": job.attempt})
+        return worker_service_pb2.ClaimJobResponse(job=job)
+
     async def ReportProgress(
-        self, request: worker_service_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
+        self,
+        request: worker_service_pb2.ReportProgressRequest,
+        context: grpc.aio.ServicerContext[
+            worker_service_pb2.ReportProgressRequest, worker_service_pb2.ReportProgressResponse
+        ],
     ) -> worker_service_pb2.ReportProgressResponse:
-        await self._require_worker(context)
+        await self._require_worker(context.invocation_metadata())
         job_id = validation.progress_request(request)
-        if request.attempt == 0:
-            job = await call(self._store.claim, job_id)
-            log.info("job started", extra={"job_id": job.id, "attempt": job.attempt})
-        else:
-            job = await call(
-                self._store.report_progress,
-                job_id,
-                request.attempt,
-                request.progress,
-                request.message,
-            )
+        job = await self._change(
+            request.job_id,
+            self._store.report_progress,
+            job_id,
+            request.attempt,
+            request.progress,
+            request.message,
+        )
         return worker_service_pb2.ReportProgressResponse(job=job)
 
     async def CompleteJob(
-        self, request: worker_service_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: worker_service_pb2.CompleteJobRequest,
+        context: grpc.aio.ServicerContext[
+            worker_service_pb2.CompleteJobRequest, worker_service_pb2.CompleteJobResponse
+        ],
     ) -> worker_service_pb2.CompleteJobResponse:
-        await self._require_worker(context)
+        await self._require_worker(context.invocation_metadata())
         validation.complete_request(request)
         if self._bucket and request.HasField("success"):
             elsewhere = [
@@ -66,7 +96,7 @@ class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
         if request.HasField("failure"):
             # An error text is for people; a worker must not be refused for a long one.
             request.failure.message = request.failure.message[:_MAX_FAILURE_MESSAGE]
-        job = await call(self._store.complete, request)
+        job = await self._change(request.job_id, self._store.complete, request)
         log.info(
             "job %s",
             status_name(job.status).lower(),

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from services.common.config import SettingsError
+from services.common.config import LogSettings, SettingsError
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
@@ -28,11 +28,12 @@ async def main() -> int:
     except SettingsError as exc:
         log.error("bad settings: %s", exc)
         return 2
+    setup_tracing("media_worker", settings.server.tracing)
     install_blocking_pool(settings.server.blocking_threads)
     # Handlers go in first so a SIGTERM during start-up is a clean stop, not a kill.
     signal_task = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)
-    serve_metrics()
+    serve_metrics(settings.server.metrics)
     host = ServiceHost("media_worker", settings.server)
     # Ready while consuming (set_serving below) and while NATS and job_service are reachable.
     host.add_check("nats", worker.nats_ok)
@@ -60,6 +61,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    configure_logging("media_worker")
-    setup_tracing("media_worker")
+    configure_logging("media_worker", LogSettings.from_env().level)
     sys.exit(asyncio.run(main()))

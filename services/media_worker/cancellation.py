@@ -23,7 +23,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from media.v1 import events_pb2, job_pb2
-from services.common.errors import ATTEMPT_STALE, error_info
+from services.common import lifecycle
+from services.common.errors import refusal_of
 from services.common.jetstream import event_subject
 
 log = logging.getLogger(__name__)
@@ -40,25 +41,25 @@ class Stop:
 
 StopFn = Callable[[Stop], None]
 
-_FINISHED = frozenset({job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED})
-
 
 def stop_reason(job: job_pb2.Job, attempt: int) -> Stop | None:
     """Why attempt `attempt` must stop, given the job's state `job`; None: carry on."""
-    if job.status == job_pb2.JOB_STATUS_CANCELED:
+    if job.status == lifecycle.CANCELED:
         return Stop("canceled by its owner", job_over=True)
     if job.attempt > attempt:
         return Stop(f"attempt {attempt} superseded by attempt {job.attempt}", job_over=False)
-    if job.status in _FINISHED and job.attempt != attempt:
-        return Stop(f"already {job_pb2.JobStatus.Name(job.status)}", job_over=True)
+    # Finished under our own attempt is our own result (the watch is disarmed by then).
+    if lifecycle.is_finished(job.status) and job.attempt != attempt:
+        return Stop(f"already {lifecycle.status_name(job.status)}", job_over=True)
     return None
 
 
 def refusal_stop(exc: grpc.aio.AioRpcError) -> Stop:
     """The Stop a WorkerService refusal (FAILED_PRECONDITION or NOT_FOUND) means: only a stale
-    attempt (ErrorInfo reason ATTEMPT_STALE) leaves the job to someone else."""
-    reason, _ = error_info(exc)
-    return Stop(exc.details() or exc.code().name, job_over=reason != ATTEMPT_STALE)
+    attempt (reason ATTEMPT_STALE) leaves the job, and its message, to a newer attempt."""
+    refusal = refusal_of(exc)
+    stale = refusal is not None and refusal.reason == lifecycle.Reason.ATTEMPT_STALE
+    return Stop(exc.details() or exc.code().name, job_over=not stale)
 
 
 class JobWatch:
@@ -113,13 +114,14 @@ class JobWatch:
 
 
 class CancellationListener:
-    def __init__(self, nc: Client | None, *, flush_timeout_seconds: float = 2.0) -> None:
+    def __init__(self, nc: Client | None, *, flush_timeout_seconds: int = 2) -> None:
         self._nc = nc
-        self._flush_timeout = flush_timeout_seconds
+        self._flush_timeout = flush_timeout_seconds  # nats-py takes whole seconds
 
     async def watch(self, job_id: str) -> JobWatch:
         """Subscribes to the job's events and waits until the server has the subscription.
-        Never raises: without NATS the watch stays silent and ReportProgress does its job."""
+        Never raises: without NATS the watch stays silent and ReportProgress's refusal stops the
+        attempt instead."""
         watch = JobWatch(job_id)
         if self._nc is None or not self._nc.is_connected:
             return watch

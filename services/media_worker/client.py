@@ -17,12 +17,10 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from media.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
-from services.common import tracing
 from services.common.auth import bearer_metadata
+from services.common.backoff import backoff_delay
+from services.common.channels import job_service_channel
 from services.common.config import TlsSettings
-from services.common.server import channel_options
-from services.common.tls import aio_channel
-from services.media_worker.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +41,8 @@ class WorkerClient:
         tls: TlsSettings | None = None,
     ) -> None:
         # TLS, with this worker's client certificate for mutual TLS, when configured.
-        self._channel = aio_channel(
-            addr,
-            tls or TlsSettings(),
-            # Reconnect soon after job_service comes back (gRPC's backoff grows to 2 minutes).
-            options=[*channel_options(max_message_bytes), ("grpc.max_reconnect_backoff_ms", 2000)],
-            interceptors=tracing.client_interceptors(),
+        self._channel = job_service_channel(
+            addr, tls or TlsSettings(), max_message_bytes=max_message_bytes
         )
         self._stub = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -103,10 +97,22 @@ class WorkerClient:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def claim(self, job_id: str) -> job_pb2.Job:
+        """Starts a new attempt of the job: RUNNING, and job.attempt is the attempt to report
+        under. Retried only while UNAVAILABLE: a claim that timed out may have started an
+        attempt, and the next delivery of the message claims again anyway."""
+        request = worker_service_pb2.ClaimJobRequest(job_id=job_id)
+        response = await self._call(
+            "ClaimJob",
+            job_id,
+            lambda: self._stub.ClaimJob(request, timeout=self._timeout, metadata=self._metadata),
+        )
+        return response.job
+
     async def report_progress(
-        self, job_id: str, attempt: int, progress: int = 0, message: str = ""
+        self, job_id: str, attempt: int, progress: int, message: str
     ) -> job_pb2.Job:
-        """attempt 0 claims the job; the response's job.attempt is the attempt to report under."""
+        """Progress of a claimed attempt (1 or more)."""
         request = worker_service_pb2.ReportProgressRequest(
             job_id=job_id, attempt=attempt, progress=progress, message=message
         )

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -28,7 +28,7 @@ from services.common.jetstream import DISPATCH_STREAM, worker_consumer
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Msg], Awaitable[None]]
+Handler = Callable[[Msg], Coroutine[object, object, None]]
 # Re-creates streams and consumers (after a NATS restart that lost its state).
 Ensure = Callable[[], Awaitable[None]]
 

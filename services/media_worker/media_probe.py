@@ -16,18 +16,11 @@ from PIL import Image, UnidentifiedImageError
 
 _CHUNK = 1024 * 1024
 
+# The content types accepted are those services.common.keys stores (keys.EXTENSIONS).
 # Content type -> the Pillow format name the bytes must decode as.
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 # Content type -> a name that must appear in the container's (comma-separated) format names.
 VIDEO_TYPES = {"video/mp4": "mp4", "video/webm": "webm", "video/quicktime": "mov"}
-EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "video/mp4": "mp4",
-    "video/webm": "webm",
-    "video/quicktime": "mov",
-}
 
 
 class ProbeError(ValueError):
@@ -42,13 +35,6 @@ class MediaInfo:
     width: int
     height: int
     duration_seconds: float  # 0 for images
-
-
-def extension_for(content_type: str) -> str:
-    try:
-        return EXTENSIONS[content_type]
-    except KeyError:
-        raise ProbeError(f"unsupported content type {content_type!r}") from None
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -122,14 +108,3 @@ def probe_file(path: Path, content_type: str) -> MediaInfo:
         height=height,
         duration_seconds=round(duration, 3),
     )
-
-
-def sniff_image_type(data: bytes) -> str:
-    """The content type of image bytes (for an input image stored without one); "" if unknown."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return ""

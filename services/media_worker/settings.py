@@ -15,8 +15,9 @@ from services.common.config import (
     env_int,
     env_list,
     env_str,
+    max_input_image_bytes,
 )
-from services.common.jetstream import KINDS
+from services.common.lifecycle import KINDS
 
 GENERATORS = ("local", "google")
 # Any of these switches the worker to Google when GENERATOR=auto (the SDK's own variables).
@@ -44,7 +45,7 @@ class WorkerSettings:
     job_service_addr: str
     worker_token: str
     s3: S3Settings
-    server: ServerSettings
+    server: ServerSettings  # its shutdown_grace_seconds: how long jobs in flight get on SIGTERM
     kinds: tuple[str, ...]
     concurrency: int  # jobs in flight per process, shared by every kind
     ack_wait_seconds: float  # JetStream redelivers a message not acked or kept alive by then
@@ -59,8 +60,7 @@ class WorkerSettings:
     complete_attempts: int  # tries of CompleteJob: outputs are already stored, so try harder
     progress_interval_seconds: float  # at most one ReportProgress per interval
     fetch_timeout_seconds: float  # long-poll of one JetStream fetch
-    shutdown_grace_seconds: float  # how long in-flight jobs may finish after SIGTERM
-    input_image_max_bytes: int
+    max_input_image_bytes: int  # the input image a job may carry (job_service's limit too)
     work_dir: str  # where per-job temporary directories are made
     local_video_long_side: int  # local generator: 1280 gives 1280x720 / 720x1280
     local_video_preset: str  # local generator: x264 preset (speed against file size)
@@ -82,7 +82,9 @@ class WorkerSettings:
             job_service_addr=env_str("JOB_SERVICE_ADDR", "127.0.0.1:50051"),
             worker_token=token,
             s3=S3Settings.from_env(),
-            server=ServerSettings.from_env(default_port=50053),
+            # One grace for everything in flight at SIGTERM, jobs and health calls alike. A job
+            # outlasts a call, so a worker waits longer by default than a server (20 s).
+            server=ServerSettings.from_env(default_port=50053, default_grace_seconds=25.0),
             kinds=tuple(dict.fromkeys(kinds)),
             concurrency=env_int("WORKER_CONCURRENCY", 4, minimum=1),
             ack_wait_seconds=ack_wait,
@@ -97,8 +99,7 @@ class WorkerSettings:
             complete_attempts=env_int("COMPLETE_ATTEMPTS", 8, minimum=1),
             progress_interval_seconds=env_float("PROGRESS_INTERVAL_SECONDS", 0.25),
             fetch_timeout_seconds=env_float("FETCH_TIMEOUT_SECONDS", 2.0),
-            shutdown_grace_seconds=env_float("WORKER_SHUTDOWN_GRACE_SECONDS", 25.0),
-            input_image_max_bytes=env_int("INPUT_IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_input_image_bytes=max_input_image_bytes(),
             work_dir=env_str("WORK_DIR", tempfile.gettempdir()),
             local_video_long_side=env_int("LOCAL_VIDEO_LONG_SIDE", 1280, minimum=64),
             local_video_preset=env_str("LOCAL_VIDEO_PRESET", "ultrafast"),

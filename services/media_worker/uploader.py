@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from media.v1 import job_pb2
-from services.media_worker.backoff import backoff_delay
+from services.common import keys
+from services.common.backoff import backoff_delay
 from services.media_worker.generators.base import GeneratedFile
-from services.media_worker.media_probe import MediaInfo, extension_for, probe_file
+from services.media_worker.media_probe import MediaInfo, probe_file
+
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_boto3_s3.client import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +43,13 @@ class InputImageError(Exception):
         self.permanent = permanent
 
 
-def output_key(job_id: str, attempt: int, index: int, content_type: str) -> str:
-    # The attempt is part of the key so that a stale attempt finishing late can never overwrite
-    # the bytes a newer attempt recorded (with their sha256) for the same job.
-    return f"jobs/{job_id}/{attempt}/output-{index}.{extension_for(content_type)}"
-
-
-def _attempt_of(job_id: str, key: str) -> int | None:
-    """The attempt in an output key of `job_id` (None for its input image or anything else)."""
-    rest = key.removeprefix(f"jobs/{job_id}/")
-    attempt, sep, _ = rest.partition("/")
-    return int(attempt) if sep and attempt.isdigit() else None
-
-
 def _error_code(exc: BaseException) -> str:
-    while exc is not None:
-        if isinstance(exc, ClientError):
-            return str(exc.response.get("Error", {}).get("Code", ""))
-        exc = exc.__cause__ or exc.__context__  # boto3 wraps ClientError in S3UploadFailedError
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ClientError):
+            return str(current.response.get("Error", {}).get("Code", ""))
+        # boto3 wraps ClientError in S3UploadFailedError
+        current = current.__cause__ or current.__context__
     return ""
 
 
@@ -69,7 +62,7 @@ def _permanent(exc: Exception) -> bool:
 class Storage:
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         *,
         attempts: int,
@@ -115,7 +108,8 @@ class Storage:
     async def upload_one(
         self, job_id: str, attempt: int, index: int, path: Path, info: MediaInfo
     ) -> job_pb2.Output:
-        key = output_key(job_id, attempt, index, info.content_type)
+        # No ValueError: probe_file accepts only the content types keys.EXTENSIONS names.
+        key = keys.output_key(job_id, attempt, index, info.content_type)
 
         def upload() -> None:
             self._client.upload_file(
@@ -169,8 +163,8 @@ class Storage:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def discard_outputs(self, job_id: str, attempts: Callable[[int], bool], why: str) -> int:
-        """Deletes the job's output objects whose attempt satisfies `attempts`; the number deleted.
+    async def discard_outputs(self, job_id: str, attempts: Container[int], why: str) -> int:
+        """Deletes the job's output objects of the attempts in `attempts`; the number deleted.
 
         For outputs nothing records: those of an attempt that died or was refused, or of a job
         that ended without outputs. Best effort: a failure is logged, not raised; the caller's
@@ -178,20 +172,21 @@ class Storage:
         """
 
         def discard() -> int:
-            keys = []
+            found: list[str] = []
             paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self._bucket, Prefix=f"jobs/{job_id}/"):
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=keys.job_prefix(job_id)):
                 for item in page.get("Contents", ()):
-                    attempt = _attempt_of(job_id, item["Key"])
-                    if attempt is not None and attempts(attempt):
-                        keys.append(item["Key"])
-            for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
-                chunk = keys[start : start + 1000]
+                    # Outputs only: the job's input image and anything foreign stay.
+                    output = keys.parse_output_key(item["Key"])
+                    if output and output.job_id == job_id and output.attempt in attempts:
+                        found.append(item["Key"])
+            for start in range(0, len(found), 1000):  # DeleteObjects takes 1000 keys at most
+                chunk = found[start : start + 1000]
                 self._client.delete_objects(
                     Bucket=self._bucket,
                     Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
                 )
-            return len(keys)
+            return len(found)
 
         try:
             deleted = await asyncio.to_thread(discard)

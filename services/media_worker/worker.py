@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -17,11 +18,16 @@ from services.media_worker.client import WorkerClient
 from services.media_worker.consumer import Consumer
 from services.media_worker.generators.base import Generator
 from services.media_worker.generators.local import LocalGenerator
-from services.media_worker.runner import JobRunner, RunnerConfig
+from services.media_worker.runner import JobRunner
 from services.media_worker.settings import WorkerSettings
 from services.media_worker.uploader import Storage
 
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_boto3_s3.client import S3Client
+
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _STARTUP_RETRY_SECONDS = 2.0
 
@@ -55,7 +61,7 @@ class MediaWorker:
         self._js: JetStreamContext | None = None
         self._client: WorkerClient | None = None
         self._consumer: Consumer | None = None
-        self._s3: Any = None
+        self._s3: S3Client | None = None
 
     async def start(self) -> None:
         """Connects and starts consuming. Retries until NATS and S3 answer, so the worker can
@@ -64,11 +70,11 @@ class MediaWorker:
         self._nc = await self._retry("connect to NATS", self._connect)
         self._js = self._nc.jetstream()
         await self._retry("create streams and consumers", self._ensure)
-        self._s3 = make_client(settings.s3)
+        self._s3 = s3 = make_client(settings.s3)
         if settings.s3.create_bucket:
             await self._retry(
                 "create the bucket",
-                lambda: asyncio.to_thread(ensure_bucket, self._s3, settings.s3.bucket),
+                lambda: asyncio.to_thread(ensure_bucket, s3, settings.s3.bucket),
             )
         self._client = WorkerClient(
             settings.job_service_addr,
@@ -78,21 +84,9 @@ class MediaWorker:
             max_message_bytes=settings.server.max_message_bytes,
             tls=settings.server.tls,
         )
-        storage = Storage(self._s3, settings.s3.bucket, attempts=settings.upload_attempts)
+        storage = Storage(s3, settings.s3.bucket, attempts=settings.upload_attempts)
         runner = JobRunner(
-            self._client,
-            self.generator,
-            storage,
-            RunnerConfig(
-                ack_wait_seconds=settings.ack_wait_seconds,
-                progress_interval_seconds=settings.progress_interval_seconds,
-                retry_base_delay_seconds=settings.retry_base_delay_seconds,
-                retry_max_delay_seconds=settings.retry_max_delay_seconds,
-                complete_attempts=settings.complete_attempts,
-                input_image_max_bytes=settings.input_image_max_bytes,
-                work_dir=settings.work_dir,
-            ),
-            listener=CancellationListener(self._nc),
+            self._client, self.generator, storage, settings, CancellationListener(self._nc)
         )
         self._consumer = Consumer(
             self._js,
@@ -135,7 +129,7 @@ class MediaWorker:
                 max_ack_pending=10_000,
             )
 
-    async def _retry(self, what: str, step: Any) -> Any:
+    async def _retry(self, what: str, step: Callable[[], Awaitable[_T]]) -> _T:
         while True:
             try:
                 return await step()
@@ -145,7 +139,7 @@ class MediaWorker:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop(self.settings.shutdown_grace_seconds)
+            await self._consumer.stop(self.settings.server.shutdown_grace_seconds)
         if self._client is not None:
             await self._client.close()
         if self._nc is not None and not self._nc.is_closed:

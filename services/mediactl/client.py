@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
+from google.protobuf.message import Message
 
+from media.v1 import job_service_pb2 as pb
+from media.v1 import job_service_pb2_grpc
 from services.common.auth import bearer_metadata
-from services.common.config import SettingsError, TlsSettings, env_int
+from services.common.config import SettingsError
 from services.common.errors import field_violations
 from services.common.server import channel_options
 from services.common.tls import sync_channel
-
-JOB_SERVICE_ENV = "JOB_SERVICE_ADDR"
-NOTIFIER_ENV = "NOTIFIER_ADDR"
-TOKEN_ENV = "MEDIA_TOKEN"
+from services.mediactl.settings import JOB_SERVICE_ENV, NOTIFIER_ENV, TOKEN_ENV, CliSettings
 
 # UNAVAILABLE means the call never reached a handler or the connection broke, so a retry is safe
 # for reads, and for CreateJob because its request_id makes a repeat return the first job.
@@ -48,19 +49,52 @@ class ConfigError(Exception):
     """A setting the command needs is missing (shown without a traceback)."""
 
 
+class JobService:
+    """job_service's calls, each with the command's token and deadline."""
+
+    def __init__(
+        self,
+        stub: job_service_pb2_grpc.JobServiceStub,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float,
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._timeout = timeout
+
+    def _call(self, method: Callable[..., object], request: Message) -> object:
+        return method(request, metadata=self._metadata, timeout=self._timeout)
+
+    def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
+        return cast(pb.CreateJobResponse, self._call(self._stub.CreateJob, request))
+
+    def get(self, job_id: str) -> pb.GetJobResponse:
+        request = pb.GetJobRequest(job_id=job_id)
+        return cast(pb.GetJobResponse, self._call(self._stub.GetJob, request))
+
+    def list(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        return cast(pb.ListJobsResponse, self._call(self._stub.ListJobs, request))
+
+    def cancel(self, job_id: str) -> pb.CancelJobResponse:
+        request = pb.CancelJobRequest(job_id=job_id)
+        return cast(pb.CancelJobResponse, self._call(self._stub.CancelJob, request))
+
+
 @dataclass(frozen=True)
 class Connection:
-    """Addresses and credentials from flags, falling back to the environment."""
+    """Addresses and credentials from flags, falling back to the settings (the environment)."""
 
+    settings: CliSettings
     job_addr: str
     notifier_addr: str
-    token: str
+    token: str = field(repr=False)
     timeout: float  # deadline of each unary call, in seconds
     tls: bool
 
     @classmethod
     def resolve(
         cls,
+        settings: CliSettings,
         *,
         addr: str | None,
         notifier_addr: str | None,
@@ -69,9 +103,10 @@ class Connection:
         tls: bool,
     ) -> Connection:
         return cls(
-            job_addr=(addr or os.environ.get(JOB_SERVICE_ENV, "")).strip(),
-            notifier_addr=(notifier_addr or os.environ.get(NOTIFIER_ENV, "")).strip(),
-            token=(token or os.environ.get(TOKEN_ENV, "")).strip(),
+            settings=settings,
+            job_addr=(addr or settings.job_addr).strip(),
+            notifier_addr=(notifier_addr or settings.notifier_addr).strip(),
+            token=(token or settings.token).strip(),
             timeout=timeout,
             tls=tls,
         )
@@ -93,21 +128,26 @@ class Connection:
 
     def channel(self, addr: str) -> grpc.Channel:
         options = [
-            *channel_options(env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024)),
+            *channel_options(self.settings.max_message_bytes),
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.primary_user_agent", "mediactl"),
         ]
-        try:
-            settings = TlsSettings.from_env()
-        except SettingsError as exc:
-            raise ConfigError(str(exc)) from None
         # --tls turns TLS on with the system's roots; TLS_CA_FILE and TLS_CLIENT_CERT_FILE /
         # TLS_CLIENT_KEY_FILE (mutual TLS) imply it.
-        settings = dataclasses.replace(settings, enabled=settings.enabled or self.tls)
+        tls = self.settings.tls
+        tls = dataclasses.replace(tls, enabled=tls.enabled or self.tls)
         try:
-            return sync_channel(addr, settings, options=options)
+            return sync_channel(addr, tls, options=options)
         except SettingsError as exc:  # an unreadable certificate file
             raise ConfigError(str(exc)) from None
+
+    @contextlib.contextmanager
+    def job_service(self) -> Iterator[JobService]:
+        """job_service for the command's calls (the address and token are checked first)."""
+        addr = self.require_job_service()
+        metadata = self.metadata()
+        with self.channel(addr) as channel:
+            yield JobService(job_service_pb2_grpc.JobServiceStub(channel), metadata, self.timeout)
 
 
 def describe_rpc_error(error: grpc.RpcError) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NoReturn, cast
 
 import grpc
@@ -18,14 +18,15 @@ import grpc
 from media.v1 import (
     job_pb2,
     job_service_pb2,
-    job_service_pb2_grpc,
     notifier_service_pb2,
     notifier_service_pb2_grpc,
 )
+from services.common import lifecycle
 from services.common.auth import mint_token
-from services.common.config import env_str
+from services.common.config import SettingsError
 from services.mediactl import build, render
-from services.mediactl.client import ConfigError, Connection, describe_rpc_error
+from services.mediactl.client import ConfigError, Connection, JobService, describe_rpc_error
+from services.mediactl.settings import SECRET_ENV, CliSettings, signing_secret
 from services.mediactl.watch import WatchError, watch_job
 
 EXIT_OK = 0
@@ -48,6 +49,7 @@ _AMBIGUOUS_CODES = frozenset(
 )
 
 Handler = Callable[[argparse.Namespace, Connection], int]
+JobResponse = job_service_pb2.GetJobResponse | job_service_pb2.CancelJobResponse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,74 +63,87 @@ def _err(*lines: str) -> None:
         print(line, file=sys.stderr)
 
 
-def _choice(choices: dict[str, int]) -> Callable[[str], str]:
-    """An argparse type that accepts any spelling build.normalize_choice accepts."""
+def _choice(choices: Mapping[str, int]) -> Callable[[str], int]:
+    """An argparse type: the enum number of any spelling build.normalize_choice accepts (the flag
+    left off gives 0, UNSPECIFIED: the server's default)."""
 
-    def parse(text: str) -> str:
+    def parse(text: str) -> int:
         key = text if text in choices else build.normalize_choice(text)
         if key not in choices:
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
-        return key
+        return choices[key]
 
     return parse
+
+
+def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Mapping[str, int]) -> None:
+    parser.add_argument(flag, type=_choice(choices), default=0, metavar="|".join(choices))
 
 
 # --- commands ------------------------------------------------------------------------------
 
 
 def create_request(args: argparse.Namespace) -> job_service_pb2.CreateJobRequest:
-    """The CreateJobRequest that `create image|video` arguments describe."""
-    input_image = build.read_input_image(args.input_image) if args.input_image else None
-    request_id = args.request_id or build.new_request_id()
+    """The CreateJobRequest that `create image|video` arguments describe. Limits (counts, sizes,
+    durations) are left to job_service, the one place that checks them."""
+    params: job_pb2.ImageParams | job_pb2.VideoParams
     if args.kind == "image":
-        return build.image_request(
-            prompt=args.prompt,
-            request_id=request_id,
-            size=args.size,
-            image_format=args.format,
-            count=args.count,
-            style=args.style,
-            quality=args.quality,
-            model=args.model,
-            input_image=input_image,
+        request = job_service_pb2.CreateJobRequest(
+            image=job_pb2.ImageParams(
+                size=args.size,
+                format=args.format,
+                number_of_images=args.count,
+                style=args.style,
+                quality=args.quality,
+            )
         )
-    return build.video_request(
-        prompt=args.prompt,
-        request_id=request_id,
-        negative_prompt=args.negative_prompt,
-        aspect_ratio=args.aspect_ratio,
-        duration_seconds=args.duration,
-        count=args.count,
-        person_generation=args.person_generation,
-        model=args.model,
-        input_image=input_image,
+        params = request.image
+    else:
+        request = job_service_pb2.CreateJobRequest(
+            video=job_pb2.VideoParams(
+                negative_prompt=args.negative_prompt,
+                aspect_ratio=args.aspect_ratio,
+                duration_seconds=args.duration,
+                number_of_videos=args.count,
+                person_generation=args.person_generation,
+            )
+        )
+        params = request.video
+    # What both kinds share.
+    request.request_id = args.request_id or build.new_request_id()
+    params.prompt = args.prompt
+    params.model = args.model
+    if args.input_image:
+        params.input_image.CopyFrom(build.read_input_image(args.input_image))
+    return request
+
+
+def list_request(args: argparse.Namespace) -> job_service_pb2.ListJobsRequest:
+    return job_service_pb2.ListJobsRequest(
+        page_size=args.page_size, page_token=args.page_token, kind=args.kind, status=args.status
     )
 
 
 def cmd_create(args: argparse.Namespace, conn: Connection) -> int:
-    addr = conn.require_job_service()
-    metadata = conn.metadata()
-    if args.watch:
-        conn.require_notifier()  # before creating, not after
-    request = create_request(args)
-    request_id = request.request_id
-    with conn.channel(addr) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
+    with conn.job_service() as jobs:
+        if args.watch:
+            conn.require_notifier()  # before creating, not after
+        request = create_request(args)
         try:
-            response = stub.CreateJob(request, metadata=metadata, timeout=conn.timeout)
+            response = jobs.create(request)
         except grpc.RpcError as exc:
             _err(*describe_rpc_error(exc))
             if cast(grpc.Call, exc).code() in _AMBIGUOUS_CODES:
                 _err(
-                    f"the job may have been created; retry with --request-id {request_id} "
-                    "to get it instead of a second one"
+                    "the job may have been created; retry with --request-id "
+                    f"{request.request_id} to get it instead of a second one"
                 )
             return EXIT_RPC_ERROR
     job = response.job
     if args.json:
         print(render.to_json(response, compact=args.watch), flush=True)
     else:
-        state = f"({render.kind_name(job.kind)}, {render.status_name(job.status)})"
+        state = f"({lifecycle.kind_name(job.kind)}, {lifecycle.status_name(job.status)})"
         if response.created:
             print(f"created job {job.id}  {state}")
         else:
@@ -138,32 +153,32 @@ def cmd_create(args: argparse.Namespace, conn: Connection) -> int:
     return _follow(conn, job.id, as_json=args.json)
 
 
-def cmd_get(args: argparse.Namespace, conn: Connection) -> int:
-    addr = conn.require_job_service()
-    metadata = conn.metadata()
-    with conn.channel(addr) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
-        response = stub.GetJob(
-            job_service_pb2.GetJobRequest(job_id=args.job_id),
-            metadata=metadata,
-            timeout=conn.timeout,
-        )
-    print(render.to_json(response) if args.json else render.render_job(response.job))
-    return EXIT_OK
+def _job_command(
+    call: Callable[[JobService, str], JobResponse],
+    show: Callable[[job_pb2.Job], str],
+) -> Handler:
+    """A command that makes one call about the job JOB_ID and shows the job it answers with."""
+
+    def handler(args: argparse.Namespace, conn: Connection) -> int:
+        with conn.job_service() as jobs:
+            response = call(jobs, args.job_id)
+        print(render.to_json(response) if args.json else show(response.job))
+        return EXIT_OK
+
+    return handler
+
+
+cmd_get = _job_command(JobService.get, render.render_job)
+cmd_cancel = _job_command(JobService.cancel, render.render_summary)
 
 
 def cmd_list(args: argparse.Namespace, conn: Connection) -> int:
-    addr = conn.require_job_service()
-    metadata = conn.metadata()
-    request = build.list_request(
-        page_size=args.page_size, page_token=args.page_token, kind=args.kind, status=args.status
-    )
+    request = list_request(args)
     jobs: list[job_pb2.Job] = []
-    with conn.channel(addr) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
+    with conn.job_service() as service:
         seen_tokens: set[str] = set()
         while True:
-            response = stub.ListJobs(request, metadata=metadata, timeout=conn.timeout)
+            response = service.list(request)
             jobs.extend(response.jobs)
             token = response.next_page_token
             # A token seen before would loop forever; stop rather than trust it.
@@ -187,32 +202,22 @@ def cmd_watch(args: argparse.Namespace, conn: Connection) -> int:
     return _follow(conn, args.job_id, as_json=args.json)
 
 
-def cmd_cancel(args: argparse.Namespace, conn: Connection) -> int:
-    addr = conn.require_job_service()
-    metadata = conn.metadata()
-    with conn.channel(addr) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
-        response = stub.CancelJob(
-            job_service_pb2.CancelJobRequest(job_id=args.job_id),
-            metadata=metadata,
-            timeout=conn.timeout,
-        )
-    print(render.to_json(response) if args.json else render.render_summary(response.job))
-    return EXIT_OK
-
-
 def cmd_token(args: argparse.Namespace, conn: Connection) -> int:
-    # The secret comes from a named variable, never from argv, so it stays out of `ps` and history.
-    secret = env_str(args.secret_env)
+    secret = signing_secret(args.secret_env)
     if len(secret) < 32:
         raise ConfigError(
             f"{args.secret_env} must hold the signing secret (at least 32 characters)"
         )
     if args.ttl <= 0:
         raise ConfigError("--ttl must be a positive number of seconds")
+    settings = conn.settings
     print(
         mint_token(
-            secret, args.subject, audience=args.audience, issuer=args.issuer, ttl_seconds=args.ttl
+            secret,
+            args.subject,
+            audience=settings.audience if args.audience is None else args.audience,
+            issuer=settings.issuer if args.issuer is None else args.issuer,
+            ttl_seconds=args.ttl,
         )
     )
     return EXIT_OK
@@ -255,9 +260,9 @@ def _follow(conn: Connection, job_id: str, *, as_json: bool) -> int:
         print(render.to_json(job_service_pb2.GetJobResponse(job=final), compact=True))
     else:
         print(render.render_job(final))
-    if job.status == job_pb2.JOB_STATUS_SUCCEEDED:
+    if job.status == lifecycle.SUCCEEDED:
         return EXIT_OK
-    if job.status == job_pb2.JOB_STATUS_FAILED:
+    if job.status == lifecycle.FAILED:
         _err(f"job failed: {render.job_error(job)}")
         return EXIT_JOB_FAILED
     _err("job canceled")
@@ -272,14 +277,9 @@ def _with_urls(conn: Connection, job: job_pb2.Job) -> job_pb2.Job:
     if not conn.job_addr:
         _err("note: set JOB_SERVICE_ADDR (or --addr) to get download URLs")
         return job
-    with conn.channel(conn.job_addr) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
+    with conn.job_service() as jobs:
         try:
-            response = stub.GetJob(
-                job_service_pb2.GetJobRequest(job_id=job.id),
-                metadata=conn.metadata(),
-                timeout=conn.timeout,
-            )
+            response = jobs.get(job.id)
         except grpc.RpcError as exc:
             _err("warning: could not read download URLs:", *describe_rpc_error(exc))
             return job
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        sub: argparse._SubParsersAction, name: str, handler: Handler, help_text: str
+        sub: argparse._SubParsersAction[_Parser], name: str, handler: Handler, help_text: str
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(handler=handler)
@@ -338,30 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     image = command(kinds, "image", cmd_create, "create an image job")
     image.add_argument("--prompt", required=True)
     image.add_argument("--size", default="", help="WIDTHxHEIGHT (server default 1024x1024)")
-    image.add_argument(
-        "--format", type=_choice(build.IMAGE_FORMATS), metavar="|".join(build.IMAGE_FORMATS)
-    )
+    _add_choice(image, "--format", build.IMAGE_FORMATS)
     image.add_argument("--count", type=int, default=0, help="number of images, 1-4 (default 1)")
-    image.add_argument(
-        "--style", type=_choice(build.IMAGE_STYLES), metavar="|".join(build.IMAGE_STYLES)
-    )
-    image.add_argument(
-        "--quality", type=_choice(build.IMAGE_QUALITIES), metavar="|".join(build.IMAGE_QUALITIES)
-    )
+    _add_choice(image, "--style", build.IMAGE_STYLES)
+    _add_choice(image, "--quality", build.IMAGE_QUALITIES)
 
     video = command(kinds, "video", cmd_create, "create a video job")
     video.add_argument("--prompt", required=True)
     video.add_argument("--negative-prompt", default="")
-    video.add_argument(
-        "--aspect-ratio", type=_choice(build.ASPECT_RATIOS), metavar="|".join(build.ASPECT_RATIOS)
-    )
+    _add_choice(video, "--aspect-ratio", build.ASPECT_RATIOS)
     video.add_argument("--duration", type=int, default=0, help="seconds, 4-8 (default 8)")
     video.add_argument("--count", type=int, default=0, help="number of videos, 1-4 (default 1)")
-    video.add_argument(
-        "--person-generation",
-        type=_choice(build.PERSON_GENERATIONS),
-        metavar="|".join(build.PERSON_GENERATIONS),
-    )
+    _add_choice(video, "--person-generation", build.PERSON_GENERATIONS)
 
     for p in (image, video):
         p.add_argument("--model", default="", help="model name (default: the worker's)")
@@ -384,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     list_.add_argument("--page-size", type=int, default=0, help="1-100 (default 20)")
     list_.add_argument("--page-token", default="", help="from the previous page")
     list_.add_argument("--all", action="store_true", help="follow page tokens to the last page")
-    list_.add_argument("--kind", type=_choice(build.KINDS), metavar="|".join(build.KINDS))
-    list_.add_argument("--status", type=_choice(build.STATUSES), metavar="|".join(build.STATUSES))
+    _add_choice(list_, "--kind", build.KINDS)
+    _add_choice(list_, "--status", build.STATUSES)
     json_flag(list_)
 
     watch = command(
@@ -401,18 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     token = command(commands, "token", cmd_token, "mint a bearer token for local use")
     token.add_argument(
         "--secret-env",
-        default="AUTH_JWT_SECRET",
+        default=SECRET_ENV,
         metavar="VAR",
-        help="environment variable holding the HS256 secret (default AUTH_JWT_SECRET)",
+        help=f"environment variable holding the HS256 secret (default {SECRET_ENV})",
     )
     token.add_argument("--subject", required=True, help="the user the token names")
     token.add_argument(
         "--ttl", type=int, default=24 * 3600, help="lifetime in seconds (default 1 day)"
     )
-    token.add_argument(
-        "--audience", default=env_str("AUTH_AUDIENCE", "media"), help="(env AUTH_AUDIENCE)"
-    )
-    token.add_argument("--issuer", default=env_str("AUTH_ISSUER"), help="(env AUTH_ISSUER)")
+    # Left off: the settings' values (the environment is read in one place, mediactl.settings).
+    token.add_argument("--audience", help="(env AUTH_AUDIENCE, default media)")
+    token.add_argument("--issuer", help="(env AUTH_ISSUER)")
     return parser
 
 
@@ -422,7 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error from _Parser.error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        settings = CliSettings.from_env()
+    except SettingsError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
     conn = Connection.resolve(
+        settings,
         addr=getattr(args, "addr", None),
         notifier_addr=getattr(args, "notifier_addr", None),
         token=getattr(args, "token", None),

@@ -11,13 +11,12 @@ from typing import TextIO
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from media.v1 import job_pb2
+from services.common.lifecycle import FAILED, kind_name, status_name
 
 BAR_WIDTH = 10
-TERMINAL_STATUSES = frozenset(
-    {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
-)
 
 
 def to_json(message: Message, *, compact: bool = False) -> str:
@@ -27,15 +26,7 @@ def to_json(message: Message, *, compact: bool = False) -> str:
     )
 
 
-def status_name(status: int) -> str:
-    return job_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
-
-
-def kind_name(kind: int) -> str:
-    return job_pb2.MediaKind.Name(kind).removeprefix("MEDIA_KIND_").lower()
-
-
-def error_code_name(code: int) -> str:
+def error_code_name(code: job_pb2.ErrorCode.ValueType) -> str:
     return job_pb2.ErrorCode.Name(code).removeprefix("ERROR_CODE_")
 
 
@@ -58,7 +49,7 @@ def status_line(job: job_pb2.Job) -> str:
         line += f"  attempt {job.attempt}"
     if job.status_message:
         line += f"  {one_line(job.status_message)}"
-    if job.status == job_pb2.JOB_STATUS_FAILED:
+    if job.status == FAILED:
         line += f"  ({job_error(job)})"
     return line
 
@@ -87,8 +78,8 @@ def timestamp(message: Message, field: str) -> str:
     """A Timestamp field as `2025-01-31 12:00:00Z`, or "" when it is not set."""
     if not message.HasField(field):
         return ""
-    value = getattr(message, field).ToDatetime(tzinfo=UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    value: Timestamp = getattr(message, field)
+    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
 def prompt_of(job: job_pb2.Job) -> str:

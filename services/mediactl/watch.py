@@ -6,7 +6,6 @@ already seen (by job.version) are skipped, so nothing is shown twice.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ from typing import cast
 import grpc
 
 from media.v1 import job_pb2, notifier_service_pb2, notifier_service_pb2_grpc
-from services.mediactl.render import TERMINAL_STATUSES
+from services.common.backoff import backoff_delay
+from services.common.lifecycle import FINISHED
 
 # A connection that broke (server restart, load balancer, max connection age) or never came up.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -33,9 +33,8 @@ class Backoff:
     healthy_after_seconds: float = 30.0  # a stream that lived this long was not a failure
 
     def delay(self, failures: int) -> float:
-        base = min(self.max_seconds, self.initial_seconds * 2 ** (failures - 1))
-        # Jitter so that many watchers cut off together do not reconnect together.
-        return base * random.uniform(0.5, 1.0)
+        # Jittered, so that many watchers cut off together do not reconnect together.
+        return backoff_delay(failures, self.initial_seconds, self.max_seconds)
 
 
 def watch_job(
@@ -64,7 +63,7 @@ def watch_job(
         try:
             for response in call:
                 job = response.job
-                terminal = job.status in TERMINAL_STATUSES
+                terminal = job.status in FINISHED
                 if _seen(last, job) and not terminal:
                     continue  # the replay after a reconnect
                 failures = 0  # news arrived, so the connection works
@@ -80,7 +79,10 @@ def watch_job(
             error = exc
             reason = f"{code.name}: {cast(grpc.Call, exc).details()}"
         finally:
-            cast(grpc.Call, call).cancel()  # no-op when finished; frees the stream otherwise
+            # A no-op when finished; frees the stream otherwise. grpc-stubs 1.53 (installed by
+            # googleapis-common-protos-stubs over types-grpcio's files) leaves cancel() untyped;
+            # types-grpcio types it, hence "unused-ignore" as well.
+            call.cancel()  # type: ignore[no-untyped-call, unused-ignore]
         if clock() - connected_at >= backoff.healthy_after_seconds:
             # A long-lived stream cut off (max connection age, a restart) without news, e.g.
             # while the job waits in the queue: not a failed connection.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from nats.aio.client import Client
 
 from media.v1 import notifier_service_pb2_grpc
 from services.common import jetstream
+from services.common.config import LogSettings, SettingsError
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
@@ -23,7 +25,7 @@ log = logging.getLogger("services.notifier")
 
 async def serve(settings: NotifierSettings) -> None:
     install_blocking_pool(settings.server.blocking_threads)
-    serve_metrics()
+    serve_metrics(settings.server.metrics)
     channel = job_service_channel(
         settings.job_service_addr, settings.server.max_message_bytes, settings.server.tls
     )
@@ -56,7 +58,7 @@ async def serve(settings: NotifierSettings) -> None:
         await hub.stop()
     finally:
         await nc.drain()
-        await channel.close()
+        await channel.close(grace=None)
     log.info("notifier stopped")
 
 
@@ -65,9 +67,14 @@ async def _connected(nc: Client) -> bool:
 
 
 def main() -> None:
-    configure_logging("notifier")
-    setup_tracing("notifier")
-    asyncio.run(serve(NotifierSettings.from_env()))
+    configure_logging("notifier", LogSettings.from_env().level)
+    try:
+        settings = NotifierSettings.from_env()
+    except SettingsError as exc:
+        log.error("bad settings: %s", exc)
+        sys.exit(2)
+    setup_tracing("notifier", settings.server.tracing)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

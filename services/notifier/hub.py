@@ -25,15 +25,12 @@ from nats.js.api import DeliverPolicy
 from opentelemetry.trace import SpanKind
 
 from media.v1 import events_pb2, job_pb2
-from services.common import logs, tracing
+from services.common import lifecycle, logs, tracing
 from services.common.jetstream import EVENTS_STREAM, event_subject
 
 log = logging.getLogger(__name__)
 
 _SUBJECT_PREFIX = event_subject("")
-_TERMINAL = frozenset(
-    {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
-)
 
 
 class Signal(enum.Enum):
@@ -203,7 +200,7 @@ class EventHub:
             if not watcher.offer(event.job):
                 self.lagged_total += 1
                 log.info("watcher lagging, it will resync", extra={"job_id": job_id})
-        if event.job.status in _TERMINAL:
+        if event.job.status in lifecycle.FINISHED:
             log.info(
                 "job finished, watchers notified",
                 extra={

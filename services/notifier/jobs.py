@@ -14,10 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from services.common import tracing
+from services.common import channels
 from services.common.config import TlsSettings
-from services.common.server import channel_options
-from services.common.tls import aio_channel
 
 # GetJob is a read, so a transport failure is safe to retry a few times before giving up.
 _SERVICE_CONFIG = json.dumps(
@@ -41,17 +39,11 @@ _SERVICE_CONFIG = json.dumps(
 def job_service_channel(
     addr: str, max_message_bytes: int, tls: TlsSettings | None = None
 ) -> grpc.aio.Channel:
-    return aio_channel(
+    return channels.job_service_channel(
         addr,
         tls or TlsSettings(),
-        options=[
-            *channel_options(max_message_bytes),
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            # Reconnect soon after job_service comes back (gRPC's backoff grows to 2 minutes).
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-        interceptors=tracing.client_interceptors(),
+        max_message_bytes=max_message_bytes,
+        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
     )
 
 
@@ -77,7 +69,12 @@ class UpstreamError(Exception):
 
 
 class _Status(grpc.Status):
-    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple = ()) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
         self.code = code
         self.details = details
         self.trailing_metadata = trailing_metadata

@@ -4,12 +4,13 @@ after a terminal state."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 import grpc
 
 from media.v1 import job_pb2, notifier_service_pb2, notifier_service_pb2_grpc
+from services.common import lifecycle
 from services.common.auth import AuthError, bearer_from_metadata
 from services.common.errors import invalid_argument, unavailable
 from services.common.ids import parse_uuid
@@ -21,22 +22,14 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = notifier_service_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name
 
-TERMINAL = frozenset(
-    {
-        job_pb2.JOB_STATUS_SUCCEEDED,
-        job_pb2.JOB_STATUS_FAILED,
-        job_pb2.JOB_STATUS_CANCELED,
-    }
-)
-
 
 def is_terminal(job: job_pb2.Job) -> bool:
-    return job.status in TERMINAL
+    return job.status in lifecycle.FINISHED
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str:
+def _authorization(metadata: grpc.aio.Metadata | None) -> str:
     """The caller's `authorization` value, forwarded unchanged; job_service verifies it."""
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata or ():
         if key == "authorization" and bearer_from_metadata(((key, value),)) is not None:
             return str(value)
     raise AuthError(
@@ -53,9 +46,11 @@ class NotifierService(notifier_service_pb2_grpc.NotifierServiceServicer):
     async def WatchJob(
         self,
         request: notifier_service_pb2.WatchJobRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            notifier_service_pb2.WatchJobRequest, notifier_service_pb2.WatchJobResponse
+        ],
     ) -> AsyncIterator[notifier_service_pb2.WatchJobResponse]:
-        authorization = _authorization(context)
+        authorization = _authorization(context.invocation_metadata())
         parsed = parse_uuid(request.job_id)
         if parsed is None:
             raise invalid_argument([("job_id", "must be a UUID in canonical form")])
@@ -76,7 +71,8 @@ class NotifierService(notifier_service_pb2_grpc.NotifierServiceServicer):
             )
             # Passed through as is (code, message and details): NOT_FOUND for another user's job,
             # UNAUTHENTICATED for a bad token, UNAVAILABLE when job_service cannot answer.
-            await context.abort_with_status(exc.status)
+            status = exc.status
+            await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             self.active_streams -= 1
             ACTIVE_WATCH_STREAMS.dec()
@@ -87,7 +83,7 @@ class NotifierService(notifier_service_pb2_grpc.NotifierServiceServicer):
         job_id: str,
         authorization: str,
         watcher: Watcher,
-    ) -> AsyncIterator[job_pb2.Job]:
+    ) -> AsyncGenerator[job_pb2.Job, None]:
         job = await self._jobs.get_job(job_id, authorization)
         yield job
         if is_terminal(job):

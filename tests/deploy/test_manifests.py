@@ -283,9 +283,9 @@ def test_termination_grace_covers_the_services_own_shutdown(overlay: str) -> Non
         grace = template["spec"]["terminationGracePeriodSeconds"]
         pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         if "WORKER_KINDS" in env:
-            # In-flight jobs get WORKER_SHUTDOWN_GRACE_SECONDS; then nak, drain NATS (5 s) and
+            # In-flight jobs get SHUTDOWN_GRACE_SECONDS; then nak, drain NATS (5 s) and
             # stop the health server: all before the kubelet's SIGKILL.
-            needed = float(env["WORKER_SHUTDOWN_GRACE_SECONDS"] or 0) + 15
+            needed = float(env["SHUTDOWN_GRACE_SECONDS"] or 0) + 15
             if env["WORKER_KINDS"] == "video":
                 assert grace >= 60, "a video worker needs time to hand back a job"
         else:
@@ -519,7 +519,7 @@ def endpoints(namespace: str) -> dict[str, netpol.Endpoint]:
     }
 
 
-# (source, destination, port) that DESIGN.md's data paths need, in every overlay...
+# (source, destination, port) that the data paths of docs/architecture.md need, in every overlay...
 PATHS = [
     ("client", "job-service", 50051),
     ("client", "notifier", 50052),

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.devstack.deps import Dependencies, start_dependencies
-from services.devstack.services import ServiceProcess, Services, start_services
+from devstack.deps import Dependencies, start_dependencies
+from devstack.services import ServiceProcess, Services, start_services
 
 
 def google_worker_env(fake_url: str, api_key: str, **overrides: str) -> dict[str, str]:

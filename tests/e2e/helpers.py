@@ -8,7 +8,6 @@ import urllib.request
 
 from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
 
-TERMINAL = {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
 # A guard against hanging, not a timing assertion: generous on a loaded two-core machine.
 WAIT_SECONDS = 120
 

@@ -9,6 +9,7 @@ naming it. The services are still healthy afterwards.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -20,6 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.services import health_serving
 from media.v1 import (
     job_pb2,
     job_service_pb2,
@@ -27,7 +29,6 @@ from media.v1 import (
     worker_service_pb2,
 )
 from services.common.errors import field_violations
-from services.devstack.services import health_serving
 from tests.conftest import workers_paused
 from tests.unit.test_validation import png
 
@@ -57,6 +58,7 @@ METHODS = [
     ("/media.v1.JobService/GetJob", job_service_pb2.GetJobRequest, "user", False),
     ("/media.v1.JobService/ListJobs", job_service_pb2.ListJobsRequest, "user", False),
     ("/media.v1.JobService/CancelJob", job_service_pb2.CancelJobRequest, "user", False),
+    ("/media.v1.WorkerService/ClaimJob", worker_service_pb2.ClaimJobRequest, "worker", False),
     (
         "/media.v1.WorkerService/ReportProgress",
         worker_service_pb2.ReportProgressRequest,
@@ -209,6 +211,36 @@ def _check(code: grpc.StatusCode, details, what: str) -> None:  # type: ignore[n
     assert code in EXPECTED, f"{what} answered {code.name}: {details!r}"
 
 
+def _is_job_id(text: str) -> bool:
+    """A canonical UUID, the only spelling of a job ID the API takes."""
+    try:
+        return len(text) == 36 and str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+# Calls whose whole request is a job ID: a non-ID is INVALID_ARGUMENT naming job_id, and an ID
+# (random, so nobody's job) NOT_FOUND.
+_BY_JOB_ID = {"GetJob", "CancelJob", "WatchJob", "ClaimJob"}
+
+
+def _precise(method: str, request: pb_message.Message) -> grpc.StatusCode | None:
+    """The one right answer to a random request, where the request alone decides it."""
+    name = method.rsplit("/", 1)[1]
+    if name in _BY_JOB_ID:
+        job_id = request.job_id  # type: ignore[attr-defined]
+        return grpc.StatusCode.NOT_FOUND if _is_job_id(job_id) else grpc.StatusCode.INVALID_ARGUMENT
+    if name == "ListJobs":
+        bad = (
+            request.page_size < 0  # type: ignore[attr-defined]
+            or request.kind not in job_pb2.MediaKind.values()  # type: ignore[attr-defined]
+            or request.status not in job_pb2.JobStatus.values()  # type: ignore[attr-defined]
+            or request.page_token != ""  # type: ignore[attr-defined]  (random: never a real one)
+        )
+        return grpc.StatusCode.INVALID_ARGUMENT if bad else grpc.StatusCode.OK
+    return None
+
+
 def _jobs_of(deps, owner: str) -> int:  # type: ignore[no-untyped-def]
     engine = sa.create_engine(deps.database_url)
     try:
@@ -251,6 +283,11 @@ async def test_random_messages_get_proper_answers(
             clients, method, streaming, request.SerializeToString(), metadata
         )
         _check(code, details, f"{method}({request!r:.300})")
+        precise = _precise(method, request)
+        if precise is not None:
+            assert code == precise, f"{method}({request!r:.300}) answered {code.name}: {details!r}"
+        if code == grpc.StatusCode.INVALID_ARGUMENT and method.rsplit("/", 1)[1] in _BY_JOB_ID:
+            assert "job_id" in details, details
         if method.endswith("CreateJob") and code == grpc.StatusCode.OK:
             response = job_service_pb2.CreateJobResponse.FromString(details[0])
             if response.created:
@@ -338,8 +375,8 @@ async def test_random_results_for_a_claimed_job_get_proper_answers(clients, stac
                     metadata=owner,
                 )
             ).job
-            claim = worker_service_pb2.ReportProgressRequest(job_id=job.id)
-            current["job"] = (await clients.workers.ReportProgress(claim, metadata=metadata)).job
+            claim = worker_service_pb2.ClaimJobRequest(job_id=job.id)
+            current["job"] = (await clients.workers.ClaimJob(claim, metadata=metadata)).job
         return current["job"]
 
     async def check(

@@ -57,15 +57,15 @@ async def test_a_duplicate_complete_changes_nothing(clients, stack) -> None:
             clients, clients.alice, image=job_pb2.ImageParams(prompt="dup", size="256x256")
         )
         claimed = (
-            await clients.workers.ReportProgress(
-                worker_service_pb2.ReportProgressRequest(job_id=job.id), metadata=clients.worker
+            await clients.workers.ClaimJob(
+                worker_service_pb2.ClaimJobRequest(job_id=job.id), metadata=clients.worker
             )
         ).job
         assert claimed.status == job_pb2.JOB_STATUS_RUNNING and claimed.attempt == 1
         output = job_pb2.Output(
             index=0,
             bucket="media",
-            key=f"jobs/{job.id}/output-0.png",
+            key=f"jobs/{job.id}/1/output-0.png",
             content_type="image/png",
             byte_size=123,
             width=256,
@@ -90,8 +90,8 @@ async def test_a_duplicate_complete_changes_nothing(clients, stack) -> None:
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         # A stale or repeated claim is refused too.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await clients.workers.ReportProgress(
-                worker_service_pb2.ReportProgressRequest(job_id=job.id), metadata=clients.worker
+            await clients.workers.ClaimJob(
+                worker_service_pb2.ClaimJobRequest(job_id=job.id), metadata=clients.worker
             )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     # The real worker then receives the dispatch, is refused, and leaves the job alone.
@@ -109,11 +109,11 @@ async def test_a_stale_attempt_is_refused(clients, stack) -> None:
         job = await create(
             clients, clients.alice, image=job_pb2.ImageParams(prompt="s", size="256x256")
         )
-        claim = worker_service_pb2.ReportProgressRequest(job_id=job.id)
-        await clients.workers.ReportProgress(claim, metadata=clients.worker)
+        claim = worker_service_pb2.ClaimJobRequest(job_id=job.id)
+        await clients.workers.ClaimJob(claim, metadata=clients.worker)
         # A second claim (JetStream redelivered after a worker went silent) takes attempt 2.
         # Here the first attempt is still RUNNING, so the claim is a takeover.
-        second = (await clients.workers.ReportProgress(claim, metadata=clients.worker)).job
+        second = (await clients.workers.ClaimJob(claim, metadata=clients.worker)).job
         assert second.attempt == 2
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await clients.workers.ReportProgress(
@@ -165,8 +165,8 @@ async def test_client_tokens_cannot_call_the_worker_service(clients) -> None:
         clients, clients.alice, image=job_pb2.ImageParams(prompt="w", size="256x256")
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await clients.workers.ReportProgress(
-            worker_service_pb2.ReportProgressRequest(job_id=job.id), metadata=clients.alice
+        await clients.workers.ClaimJob(
+            worker_service_pb2.ClaimJobRequest(job_id=job.id), metadata=clients.alice
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     await wait_terminal(clients, clients.alice, job.id)

@@ -24,6 +24,8 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.deps import Dependencies, NatsServer
+from devstack.services import Services, start_services
 from media.v1 import (
     job_pb2,
     job_service_pb2,
@@ -35,8 +37,6 @@ from services.common.auth import bearer_metadata, mint_token
 from services.common.config import TlsSettings
 from services.common.errors import details_of
 from services.common.tls import aio_channel
-from services.devstack.deps import Dependencies, NatsServer
-from services.devstack.services import Services, start_services
 from tests.conftest import workers_paused
 from tests.e2e.certs import Authority, Pair
 from tests.e2e.helpers import WAIT_SECONDS

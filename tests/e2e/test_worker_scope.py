@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from services.common.errors import ATTEMPT_STALE, JOB_FINISHED, error_info
+from services.common.errors import error_info, field_violations
+from services.common.lifecycle import Reason
 from tests.conftest import workers_paused
 from tests.e2e.helpers import create
 
@@ -62,15 +63,23 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
             await _code(workers.CompleteJob(_success(job.id, 1), metadata=clients.worker))
             == grpc.StatusCode.FAILED_PRECONDITION
         )
-        claim = worker_service_pb2.ReportProgressRequest(job_id=job.id)
-        await workers.ReportProgress(claim, metadata=clients.worker)
+        claim = worker_service_pb2.ClaimJobRequest(job_id=job.id)
+        first = (await workers.ClaimJob(claim, metadata=clients.worker)).job
+        assert (first.status, first.attempt) == (job_pb2.JOB_STATUS_RUNNING, 1)
+        # Claiming is ClaimJob's alone: ReportProgress without an attempt is refused.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await workers.ReportProgress(
+                worker_service_pb2.ReportProgressRequest(job_id=job.id), metadata=clients.worker
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in field_violations(caught.value)] == ["attempt"]
         # A second claim (redelivery after the first worker went silent) takes attempt 2.
-        second = (await workers.ReportProgress(claim, metadata=clients.worker)).job
+        second = (await workers.ClaimJob(claim, metadata=clients.worker)).job
         assert second.attempt == 2
         for attempt in (1, 3):  # the superseded attempt, and one never handed out
             assert await _refusal(
                 workers.CompleteJob(_success(job.id, attempt), metadata=clients.worker)
-            ) == (ATTEMPT_STALE, "RUNNING")
+            ) == (Reason.ATTEMPT_STALE, "RUNNING")
         failure = worker_service_pb2.CompleteJobRequest(
             job_id=job.id,
             attempt=1,
@@ -80,9 +89,15 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
             await _code(workers.CompleteJob(failure, metadata=clients.worker))
             == grpc.StatusCode.FAILED_PRECONDITION
         )
-        # Files of another job, or outside the service's bucket, are refused.
+        # Files of another job, outside the service's bucket, or under any other spelling than
+        # the key layout's (a `..` that a browser would resolve to another job) are refused.
         for bad in (
             _success(job.id, 2, key=f"jobs/{other.id}/1/output-0.png"),
+            _success(job.id, 2, key=f"jobs/{job.id}/../{other.id}/1/output-0.png"),
+            _success(job.id, 2, key=f"jobs/{job.id}/2/../../{other.id}/1/output-0.png"),
+            _success(job.id, 2, key=f"jobs/{job.id}//2/output-0.png"),
+            _success(job.id, 2, key=f"jobs/{job.id}/1/output-0.png"),  # another attempt's
+            _success(job.id, 2, key=f"jobs/{job.id}/2/output-0.jpg"),  # not its content type
             _success(job.id, 2, key="users/alice/output-0.png"),
             _success(job.id, 2, bucket="someone-elses-bucket"),
         ):
@@ -120,8 +135,8 @@ async def test_only_the_current_attempt_of_a_claimed_job_can_complete_it(clients
         # A redelivered dispatch of a finished job is told how it ended: a worker deletes what
         # a dead attempt stored only when no outputs were recorded.
         for finished, status in ((job, "SUCCEEDED"), (other, "CANCELED")):
-            claim = worker_service_pb2.ReportProgressRequest(job_id=finished.id)
-            assert await _refusal(workers.ReportProgress(claim, metadata=clients.worker)) == (
-                JOB_FINISHED,
+            claim = worker_service_pb2.ClaimJobRequest(job_id=finished.id)
+            assert await _refusal(workers.ClaimJob(claim, metadata=clients.worker)) == (
+                Reason.JOB_FINISHED,
                 status,
             )

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from services.devstack.deps import start_dependencies
-from services.devstack.services import start_services
+from devstack.deps import start_dependencies
+from devstack.services import start_services
 from tests.faults.helpers import FAULT_ENV, FaultStack
 
 

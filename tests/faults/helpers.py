@@ -16,10 +16,11 @@ import nats
 from nats.js.api import DeliverPolicy
 from sqlalchemy import create_engine, text
 
+from devstack.deps import Dependencies
+from devstack.services import ServiceProcess, Services
 from media.v1 import events_pb2, job_pb2, job_service_pb2, notifier_service_pb2
 from services.common import jetstream
-from services.devstack.deps import Dependencies
-from services.devstack.services import ServiceProcess, Services
+from services.common.lifecycle import FINISHED, RUNNING
 from tests.conftest import Clients
 
 T = TypeVar("T")
@@ -39,15 +40,10 @@ FAULT_ENV = {
     "NOTIFIER_IDLE_HEARTBEAT_SECONDS": "1",
     "WORKER_CONCURRENCY": "2",
     "SHUTDOWN_GRACE_SECONDS": "5",
-    "WORKER_SHUTDOWN_GRACE_SECONDS": "5",
     "BLOCKING_THREADS": "8",
     "DB_POOL_SIZE": "8",
 }
 WAIT_SECONDS = 150.0
-TERMINAL = {job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELED}
-RUNNING = job_pb2.JOB_STATUS_RUNNING
-SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
-FAILED = job_pb2.JOB_STATUS_FAILED
 CANCELED = job_pb2.JOB_STATUS_CANCELED
 # Long enough that a fault reliably lands in the middle of it (several seconds of encoding).
 LONG_VIDEO = job_pb2.VideoParams(prompt="a long take", duration_seconds=8, number_of_videos=2)
@@ -147,7 +143,7 @@ class FaultStack:
         return await eventually(probe, f"job {job_id}: {what}")
 
     async def wait_terminal(self, job_id: str) -> job_pb2.Job:
-        return await self.wait_for(job_id, lambda j: j.status in TERMINAL, "a terminal state")
+        return await self.wait_for(job_id, lambda j: j.status in FINISHED, "a terminal state")
 
     async def wait_generating(self, job_id: str, attempt: int = 1) -> job_pb2.Job:
         """Until `attempt` runs and has reported progress, i.e. the generator is at work."""

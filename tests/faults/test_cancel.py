@@ -14,11 +14,9 @@ import grpc
 import pytest
 
 from media.v1 import job_pb2, worker_service_pb2
+from services.common.lifecycle import CANCELED, FAILED, RUNNING
 from tests.faults.helpers import (
-    CANCELED,
-    FAILED,
     LONG_VIDEO,
-    RUNNING,
     SMALL_IMAGE,
     FaultStack,
     eventually,

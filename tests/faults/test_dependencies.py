@@ -13,10 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
+from services.common.lifecycle import FAILED, SUCCEEDED
 from tests.faults.helpers import (
-    FAILED,
     SMALL_IMAGE,
-    SUCCEEDED,
     WAIT_SECONDS,
     FaultStack,
     eventually,

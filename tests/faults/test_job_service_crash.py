@@ -9,9 +9,9 @@ import signal
 import pytest
 
 from media.v1 import notifier_service_pb2
+from services.common.lifecycle import SUCCEEDED
 from tests.faults.helpers import (
     SMALL_IMAGE,
-    SUCCEEDED,
     WAIT_SECONDS,
     FaultStack,
     eventually,

@@ -13,13 +13,12 @@ import signal
 import grpc
 import pytest
 
+from devstack.services import ServiceProcess
 from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
-from services.devstack.services import ServiceProcess
+from services.common.lifecycle import FINISHED, SUCCEEDED
 from tests.faults.helpers import (
     LONG_VIDEO,
     SMALL_IMAGE,
-    SUCCEEDED,
-    TERMINAL,
     WAIT_SECONDS,
     FaultStack,
     eventually,
@@ -28,7 +27,7 @@ from tests.faults.helpers import (
 pytestmark = pytest.mark.faults
 
 STACK_WORKERS = 0
-STACK_ENV = {"WORKER_SHUTDOWN_GRACE_SECONDS": "120", "SHUTDOWN_GRACE_SECONDS": "20"}
+STACK_ENV = {"SHUTDOWN_GRACE_SECONDS": "120"}
 
 
 async def add_worker(fault: FaultStack, **env: str) -> ServiceProcess:
@@ -77,8 +76,8 @@ async def test_a_worker_finishes_its_job_takes_no_new_one_and_exits_0(fault: Fau
 
 async def test_a_worker_out_of_grace_hands_its_job_back_and_exits_0(fault: FaultStack) -> None:
     workers = [
-        await add_worker(fault, WORKER_SHUTDOWN_GRACE_SECONDS="0.5"),
-        await add_worker(fault, WORKER_SHUTDOWN_GRACE_SECONDS="0.5"),
+        await add_worker(fault, SHUTDOWN_GRACE_SECONDS="0.5"),
+        await add_worker(fault, SHUTDOWN_GRACE_SECONDS="0.5"),
     ]
     video = await fault.create(video=LONG_VIDEO)
     await fault.wait_generating(video.id)
@@ -135,7 +134,7 @@ async def test_job_service_completes_calls_in_flight_drains_its_outbox_and_exits
     finally:
         await fault.spawn(fault.services.job_service.start)
     for job_id in created:
-        done = await fault.wait_for(job_id, lambda j: j.status in TERMINAL, "the end", user)
+        done = await fault.wait_for(job_id, lambda j: j.status in FINISHED, "the end", user)
         assert done.status == SUCCEEDED, done.error
 
 

@@ -14,7 +14,12 @@ import grpc
 import pytest
 
 from media.v1 import job_pb2, worker_service_pb2
-from tests.faults.helpers import LONG_VIDEO, SUCCEEDED, FaultStack, eventually
+from services.common.lifecycle import SUCCEEDED
+from tests.faults.helpers import (
+    LONG_VIDEO,
+    FaultStack,
+    eventually,
+)
 
 # Long enough to freeze one worker, let another take over, thaw the first and let it react, all
 # while the second one is still encoding.

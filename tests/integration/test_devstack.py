@@ -10,8 +10,8 @@ import nats
 import psycopg2
 import pytest
 
-from services.devstack.deps import Dependencies, start_dependencies
-from services.devstack.state import process_alive
+from devstack.deps import Dependencies, start_dependencies
+from devstack.state import process_alive
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,6 @@ from media.v1 import job_pb2
 from services.media_worker.generators.base import GenerationError
 from services.media_worker.generators.google_client import ClientFactory
 from services.media_worker.generators.google_download import VideoDownloader
-from services.media_worker.generators.google_errors import RetryPolicy
 from services.media_worker.generators.google_settings import GoogleSettings
 from tests.fakes.gemini_fake import FakeGemini
 
@@ -113,9 +112,16 @@ async def test_downloader_sends_the_key_only_to_the_api_host(fake: FakeGemini, t
     assert done.response and done.response.generated_videos
     video = done.response.generated_videos[0].video
     assert video is not None and video.uri
-    settings = GoogleSettings(api_key=fake.api_key, gemini_base_url=fake.url)
-    factory = ClientFactory(settings)
-    downloader = VideoDownloader(factory, RetryPolicy(2, 0.001, 0.01))
+    settings = GoogleSettings(
+        api_key=fake.api_key,
+        default_image_model="gemini-2.5-flash-image",
+        default_video_model="veo-3.1-generate-preview",
+        gemini_base_url=fake.url,
+        retry_attempts=2,
+        retry_base_delay_seconds=0.001,
+        retry_max_delay_seconds=0.01,
+    )
+    downloader = VideoDownloader(ClientFactory(settings))
 
     await downloader.save(video, tmp_path / "a.mp4", "veo")
     assert (tmp_path / "a.mp4").read_bytes() == fake.served_videos[0]

@@ -26,6 +26,7 @@ from services.media_worker.generators.base import (
 )
 from services.media_worker.generators.google import GoogleGenerator, build_generator
 from services.media_worker.generators.google_settings import GoogleSettings
+from services.media_worker.settings import WorkerSettings
 from tests.fakes.gemini_fake import FakeGemini
 
 ErrorCode = job_pb2.ErrorCode
@@ -41,6 +42,8 @@ def fake() -> Iterator[FakeGemini]:
 def settings_for(fake: FakeGemini, backend: str, **overrides: object) -> GoogleSettings:
     base = GoogleSettings(
         api_key="" if backend == "vertex" else fake.api_key,
+        default_image_model="gemini-2.5-flash-image",
+        default_video_model="veo-3.1-generate-preview",
         use_vertexai=backend in ("vertex", "express"),
         project="proj" if backend == "vertex" else "",
         location="us-central1" if backend == "vertex" else "",
@@ -52,16 +55,13 @@ def settings_for(fake: FakeGemini, backend: str, **overrides: object) -> GoogleS
         video_deadline_seconds=30.0,
         video_poll_initial_seconds=0.001,
         video_poll_max_seconds=0.005,
-        keepalive_interval_seconds=0.01,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def generator_for(fake: FakeGemini, backend: str, **overrides: object) -> GoogleGenerator:
     credentials = Credentials(token=fake.access_token) if backend == "vertex" else None
-    return build_generator(
-        google_settings=settings_for(fake, backend, **overrides), credentials=credentials
-    )
+    return build_generator(settings_for(fake, backend, **overrides), credentials=credentials)
 
 
 class Recorder:
@@ -544,7 +544,9 @@ async def test_configured_from_the_sdk_environment_variables(
     monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", fake.url if vertex else "http://127.0.0.1:9")
     monkeypatch.setenv("DEFAULT_IMAGE_MODEL", "gemini-3-pro-image-preview")
     ctx, _ = context(tmp_path, image=job_pb2.ImageParams(prompt="x"))
-    result = await run(build_generator(object()), ctx)
+    # The worker's path: its settings read the default models, the generator the rest.
+    monkeypatch.setenv("WORKER_TOKEN", "token")
+    result = await run(build_generator(WorkerSettings.from_env()), ctx)
 
     assert result.model == "gemini-3-pro-image-preview"
     (call,) = fake.calls("generateContent")

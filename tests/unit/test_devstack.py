@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.devstack.demo import find_job_id
-from services.devstack.procs import StartupError, free_port
-from services.devstack.services import ServiceProcess, health_serving
-from services.devstack.state import RunDir, format_env, parse_env
+from devstack.demo import find_job_id
+from devstack.procs import StartupError, free_port
+from devstack.services import ServiceProcess, health_serving
+from devstack.state import RunDir, format_env, parse_env
 
 FAKE_SERVICE = textwrap.dedent(
     """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from google.genai import errors as genai_errors
@@ -33,9 +32,14 @@ from services.media_worker.generators.google_videos import (
     plan_video,
     progress_at,
 )
+from services.media_worker.settings import WorkerSettings
 
 ErrorCode = job_pb2.ErrorCode
 KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"  # shaped like a real key, not one
+MODELS = {
+    "default_image_model": "gemini-2.5-flash-image",
+    "default_video_model": "veo-2.0-generate-001",
+}
 
 
 @pytest.mark.parametrize(
@@ -248,29 +252,34 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
     monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("VIDEO_DEADLINE_SECONDS", "30")
-    settings = GoogleSettings.from_env()
+    settings = GoogleSettings.from_env(**MODELS)
     assert settings.backend == "vertex" and settings.vertex_auth == "adc"  # project wins
     assert settings.location == "us-central1" and settings.base_url == "http://127.0.0.1:1"
     assert settings.video_deadline_seconds == 30.0 and settings.configured
     assert KEY not in repr(settings) and KEY not in settings.describe()
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
-    assert GoogleSettings.from_env().vertex_auth == "api_key"  # express mode
+    assert GoogleSettings.from_env(**MODELS).vertex_auth == "api_key"  # express mode
     monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "false")
-    developer = GoogleSettings.from_env()
+    developer = GoogleSettings.from_env(**MODELS)
     assert developer.backend == "developer" and developer.base_url == ""
     monkeypatch.setenv("VIDEO_OUTPUT_GCS_URI", "gs://bucket/videos")
     with pytest.raises(SettingsError):
-        GoogleSettings.from_env()  # Cloud Storage output needs Vertex AI with ADC
+        GoogleSettings.from_env(**MODELS)  # Cloud Storage output needs Vertex AI with ADC
 
 
-def test_build_generator_shares_default_models_with_the_worker(monkeypatch: pytest.MonkeyPatch):
+def test_build_generator_takes_the_default_models_from_the_worker_settings(
+    monkeypatch: pytest.MonkeyPatch,
+):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    monkeypatch.delenv("DEFAULT_IMAGE_MODEL", raising=False)
-    worker_settings = SimpleNamespace(
-        default_image_model="imagen-4.0-generate-001", default_video_model="veo-2.0-generate-001"
-    )
-    generator = build_generator(worker_settings)
+    monkeypatch.setenv("WORKER_TOKEN", "token")
+    monkeypatch.setenv("DEFAULT_IMAGE_MODEL", "imagen-4.0-generate-001")
+    monkeypatch.setenv("DEFAULT_VIDEO_MODEL", "veo-2.0-generate-001")
+    generator = build_generator(WorkerSettings.from_env())
     assert generator.name == "google"
     assert generator.settings.default_image_model == "imagen-4.0-generate-001"
     assert generator.settings.default_video_model == "veo-2.0-generate-001"
-    assert build_generator(object()).settings.default_image_model == "gemini-2.5-flash-image"
+    monkeypatch.delenv("DEFAULT_IMAGE_MODEL")
+    monkeypatch.delenv("DEFAULT_VIDEO_MODEL")
+    defaults = build_generator(WorkerSettings.from_env()).settings
+    assert defaults.default_image_model == "gemini-2.5-flash-image"
+    assert defaults.default_video_model == "veo-3.1-generate-preview"

@@ -241,6 +241,12 @@ def test_missing_settings_are_clear_errors(
     assert env.jobs.requests == []  # --watch without a notifier creates nothing
 
 
+def test_malformed_settings_are_usage_errors(env: Fakes, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("GRPC_MAX_MESSAGE_BYTES", "lots")
+    assert cli.main(["get", JOB_ID]) == cli.EXIT_USAGE
+    assert "GRPC_MAX_MESSAGE_BYTES must be an integer" in capsys.readouterr().err
+
+
 def test_get_json(env: Fakes, capsys) -> None:
     assert cli.main(["get", JOB_ID, "--json"]) == cli.EXIT_OK
     parsed = json.loads(capsys.readouterr().out)

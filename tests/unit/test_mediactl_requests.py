@@ -10,7 +10,7 @@ from PIL import Image
 
 from media.v1 import job_pb2
 from services.mediactl import build
-from services.mediactl.main import EXIT_USAGE, build_parser, create_request, main
+from services.mediactl.main import EXIT_USAGE, build_parser, create_request, list_request, main
 
 
 def _request(*argv: str):
@@ -122,14 +122,12 @@ def test_list_filters() -> None:
     args = build_parser().parse_args(
         ["list", "--page-size", "5", "--page-token", "abc", "--kind", "video", "--status", "failed"]
     )
-    request = build.list_request(
-        page_size=args.page_size, page_token=args.page_token, kind=args.kind, status=args.status
-    )
+    request = list_request(args)
     assert request.page_size == 5
     assert request.page_token == "abc"
     assert request.kind == job_pb2.MEDIA_KIND_VIDEO
     assert request.status == job_pb2.JOB_STATUS_FAILED
-    unfiltered = build.list_request()
+    unfiltered = list_request(build_parser().parse_args(["list"]))
     assert unfiltered.kind == job_pb2.MEDIA_KIND_UNSPECIFIED
     assert unfiltered.status == job_pb2.JOB_STATUS_UNSPECIFIED
 

@@ -20,7 +20,7 @@ from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from services.common import logs, tracing
 from services.common.config import ServerSettings
 from services.common.errors import not_found
-from services.common.interceptor import RpcInterceptor
+from services.common.interceptors import CallContext, Chain, Decode, Errors, Metrics
 from services.common.server import ServiceHost
 
 TRACE_ID = os.urandom(16).hex()
@@ -204,7 +204,7 @@ async def test_interceptor_builds_each_wrapper_once() -> None:
     async def continuation(details):  # type: ignore[no-untyped-def]
         return health if details.method.startswith("/grpc.") else handler
 
-    interceptor = RpcInterceptor()
+    interceptor = Chain(Metrics(), CallContext(), Errors(), Decode())
     details = _Details("/media.v1.JobService/GetJob")
     first = await interceptor.intercept_service(continuation, details)
     second = await interceptor.intercept_service(continuation, details)

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from media.v1 import events_pb2, job_pb2
-from services.common.errors import (
-    ATTEMPT_STALE,
-    JOB_FINISHED,
-    RpcError,
-    failed_precondition,
-    not_found,
-)
+from services.common.errors import RpcError, failed_precondition, not_found
+from services.common.lifecycle import Reason
 from services.media_worker.cancellation import (
     CancellationListener,
     JobWatch,
@@ -20,6 +14,7 @@ from services.media_worker.cancellation import (
     refusal_stop,
     stop_reason,
 )
+from tests.unit.test_worker_settlement import aio_error
 
 JOB_ID = "01a209ac-9f4e-7224-8e25-1337f2bc5bcc"
 S = job_pb2
@@ -40,7 +35,8 @@ def job(status: int, attempt: int, version: int = 1, job_id: str = JOB_ID) -> jo
         (S.JOB_STATUS_RUNNING, 3, "superseded", False),  # another worker took the job over
         (S.JOB_STATUS_SUCCEEDED, 3, "superseded", False),
         (S.JOB_STATUS_SUCCEEDED, 2, None, None),  # our own result (the watch is disarmed then)
-        (S.JOB_STATUS_FAILED, 1, "already", True),
+        (S.JOB_STATUS_FAILED, 1, "already FAILED", True),
+        (S.JOB_STATUS_SUCCEEDED, 1, "already SUCCEEDED", True),
     ],
 )
 def test_stop_reason_for_attempt_2(
@@ -105,27 +101,18 @@ async def test_without_nats_the_watch_is_silent() -> None:
     await watch.close()
 
 
-def _refused(error: RpcError) -> grpc.aio.AioRpcError:
-    """The error a worker's stub raises for what job_service's handler raised."""
-    status = error.to_status()
-    return grpc.aio.AioRpcError(
-        status.code,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(*status.trailing_metadata),
-        details=status.details,
-    )
-
-
 @pytest.mark.parametrize(
     ("error", "over"),
     [
-        (failed_precondition("job 01a2 is CANCELED", JOB_FINISHED, "CANCELED"), True),
-        (failed_precondition("job 01a2 is already SUCCEEDED", JOB_FINISHED, "SUCCEEDED"), True),
-        (failed_precondition("attempt 1 of job 01a2 is stale", ATTEMPT_STALE, "RUNNING"), False),
-        (failed_precondition("attempt 1 of job 01a2 is stale", ATTEMPT_STALE, "QUEUED"), False),
+        (failed_precondition("job 01a2 is CANCELED", Reason.JOB_FINISHED, "CANCELED"), True),
+        (failed_precondition("job 01a2 is SUCCEEDED", Reason.JOB_FINISHED, "SUCCEEDED"), True),
+        (failed_precondition("attempt 1 is stale", Reason.ATTEMPT_STALE, "RUNNING"), False),
+        (failed_precondition("attempt 1 is stale", Reason.ATTEMPT_STALE, "QUEUED"), False),
         (not_found("job 01a2"), True),
+        # A refusal without a reason cannot say that a newer attempt holds the job.
+        (failed_precondition("job 01a2 is gone"), True),
     ],
 )
-def test_only_a_finished_job_lets_a_refused_attempt_ack(error: RpcError, over: bool) -> None:
-    stop = refusal_stop(_refused(error))
+def test_only_a_stale_attempt_leaves_the_job_to_another(error: RpcError, over: bool) -> None:
+    stop = refusal_stop(aio_error(error))
     assert stop == Stop(error.message, job_over=over)

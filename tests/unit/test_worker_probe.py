@@ -9,12 +9,14 @@ import av
 import pytest
 from PIL import Image
 
+from services.common import keys
+from services.common.images import sniff_image_type
 from services.media_worker.media_probe import (
+    IMAGE_TYPES,
+    VIDEO_TYPES,
     ProbeError,
-    extension_for,
     file_digest,
     probe_file,
-    sniff_image_type,
 )
 
 
@@ -96,6 +98,11 @@ def test_unknown_content_type(tmp_path: Path) -> None:
     with pytest.raises(ProbeError):
         probe_file(path, "image/gif")
     with pytest.raises(ProbeError):
-        extension_for("application/pdf")
-    assert extension_for("image/jpeg") == "jpg"
+        probe_file(path, "application/pdf")
     assert sniff_image_type(b"GIF89a") == ""
+
+
+def test_every_type_the_probe_accepts_has_an_output_key() -> None:
+    # The uploader builds a key for whatever passed the probe (keys.output_key raises otherwise).
+    assert set(IMAGE_TYPES) | set(VIDEO_TYPES) == set(keys.EXTENSIONS)
+    assert keys.output_key("j", 1, 0, "image/jpeg").endswith("/1/output-0.jpg")

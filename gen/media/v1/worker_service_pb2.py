@@ -26,25 +26,29 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from media.v1 import job_pb2 as media_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedia/v1/worker_service.proto\x12\x08media.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x12media/v1/job.proto\"[\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08progress\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"4\n\x16ReportProgressResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"\x91\x01\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\'\n\x07success\x18\x03 \x01(\x0b\x32\x14.media.v1.JobSuccessH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.media.v1.JobFailureH\x00\x42\x08\n\x06result\"\x8a\x01\n\nJobSuccess\x12!\n\x07outputs\x18\x01 \x03(\x0b\x32\x10.media.v1.Output\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x0fgeneration_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\"S\n\nJobFailure\x12!\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x13.media.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"1\n\x13\x43ompleteJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job2\xb0\x01\n\rWorkerService\x12S\n\x0eReportProgress\x12\x1f.media.v1.ReportProgressRequest\x1a .media.v1.ReportProgressResponse\x12J\n\x0b\x43ompleteJob\x12\x1c.media.v1.CompleteJobRequest\x1a\x1d.media.v1.CompleteJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedia/v1/worker_service.proto\x12\x08media.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x12media/v1/job.proto\"!\n\x0f\x43laimJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x10\x43laimJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"[\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08progress\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"4\n\x16ReportProgressResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"\x91\x01\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\'\n\x07success\x18\x03 \x01(\x0b\x32\x14.media.v1.JobSuccessH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.media.v1.JobFailureH\x00\x42\x08\n\x06result\"\x8a\x01\n\nJobSuccess\x12!\n\x07outputs\x18\x01 \x03(\x0b\x32\x10.media.v1.Output\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x0fgeneration_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\"S\n\nJobFailure\x12!\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x13.media.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"1\n\x13\x43ompleteJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job2\xf3\x01\n\rWorkerService\x12\x41\n\x08\x43laimJob\x12\x19.media.v1.ClaimJobRequest\x1a\x1a.media.v1.ClaimJobResponse\x12S\n\x0eReportProgress\x12\x1f.media.v1.ReportProgressRequest\x1a .media.v1.ReportProgressResponse\x12J\n\x0b\x43ompleteJob\x12\x1c.media.v1.CompleteJobRequest\x1a\x1d.media.v1.CompleteJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'media.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=95
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=186
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=188
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=240
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=243
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=388
-  _globals['_JOBSUCCESS']._serialized_start=391
-  _globals['_JOBSUCCESS']._serialized_end=529
-  _globals['_JOBFAILURE']._serialized_start=531
-  _globals['_JOBFAILURE']._serialized_end=614
-  _globals['_COMPLETEJOBRESPONSE']._serialized_start=616
-  _globals['_COMPLETEJOBRESPONSE']._serialized_end=665
-  _globals['_WORKERSERVICE']._serialized_start=668
-  _globals['_WORKERSERVICE']._serialized_end=844
+  _globals['_CLAIMJOBREQUEST']._serialized_start=95
+  _globals['_CLAIMJOBREQUEST']._serialized_end=128
+  _globals['_CLAIMJOBRESPONSE']._serialized_start=130
+  _globals['_CLAIMJOBRESPONSE']._serialized_end=176
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=178
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=269
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=271
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=323
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=326
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=471
+  _globals['_JOBSUCCESS']._serialized_start=474
+  _globals['_JOBSUCCESS']._serialized_end=612
+  _globals['_JOBFAILURE']._serialized_start=614
+  _globals['_JOBFAILURE']._serialized_end=697
+  _globals['_COMPLETEJOBRESPONSE']._serialized_start=699
+  _globals['_COMPLETEJOBRESPONSE']._serialized_end=748
+  _globals['_WORKERSERVICE']._serialized_start=751
+  _globals['_WORKERSERVICE']._serialized_end=994
 # @@protoc_insertion_point(module_scope)

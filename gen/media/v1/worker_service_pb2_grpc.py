@@ -36,6 +36,11 @@ class WorkerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ClaimJob = channel.unary_unary(
+                '/media.v1.WorkerService/ClaimJob',
+                request_serializer=media_dot_v1_dot_worker__service__pb2.ClaimJobRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_worker__service__pb2.ClaimJobResponse.FromString,
+                _registered_method=True)
         self.ReportProgress = channel.unary_unary(
                 '/media.v1.WorkerService/ReportProgress',
                 request_serializer=media_dot_v1_dot_worker__service__pb2.ReportProgressRequest.SerializeToString,
@@ -53,10 +58,18 @@ class WorkerServiceServicer:
     writer of job state.
     """
 
+    def ClaimJob(self, request, context):
+        """Starts a new attempt of the job a worker was dispatched: the job becomes RUNNING under the
+        attempt number returned. A finished job (or one out of attempts, which this call fails) is
+        FAILED_PRECONDITION with ErrorInfo reason JOB_FINISHED; an unknown job is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportProgress(self, request, context):
-        """With attempt 0 a worker claims the job it was dispatched: the job becomes RUNNING under a new
-        attempt number, returned in the response. Later calls carry that number; a call with a stale
-        attempt, or on a finished job, is FAILED_PRECONDITION.
+        """Progress of a claimed attempt. A stale attempt is FAILED_PRECONDITION (reason ATTEMPT_STALE),
+        a finished job FAILED_PRECONDITION (reason JOB_FINISHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +86,11 @@ class WorkerServiceServicer:
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ClaimJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJob,
+                    request_deserializer=media_dot_v1_dot_worker__service__pb2.ClaimJobRequest.FromString,
+                    response_serializer=media_dot_v1_dot_worker__service__pb2.ClaimJobResponse.SerializeToString,
+            ),
             'ReportProgress': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportProgress,
                     request_deserializer=media_dot_v1_dot_worker__service__pb2.ReportProgressRequest.FromString,
@@ -95,6 +113,33 @@ class WorkerService:
     """Called by media workers only (a token with the "worker" role). job_service stays the only
     writer of job state.
     """
+
+    @staticmethod
+    def ClaimJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/media.v1.WorkerService/ClaimJob',
+            media_dot_v1_dot_worker__service__pb2.ClaimJobRequest.SerializeToString,
+            media_dot_v1_dot_worker__service__pb2.ClaimJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ReportProgress(request,

@@ -10,11 +10,8 @@ the SDK's async client (client.aio); Pillow work and file writes go to threads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
 import traceback
-from collections.abc import AsyncIterator
 
 import google.auth.credentials
 
@@ -23,13 +20,12 @@ from services.media_worker.generators.base import (
     GenerationContext,
     GenerationError,
     GenerationResult,
-    KeepAliveFn,
 )
 from services.media_worker.generators.google_client import ClientFactory
-from services.media_worker.generators.google_errors import RetryPolicy
 from services.media_worker.generators.google_images import ImageGenerator
 from services.media_worker.generators.google_settings import GoogleSettings
 from services.media_worker.generators.google_videos import VideoGenerator
+from services.media_worker.settings import WorkerSettings
 
 __all__ = ["GoogleGenerator", "GoogleSettings", "build_generator"]
 
@@ -37,69 +33,36 @@ log = logging.getLogger(__name__)
 ErrorCode = job_pb2.ErrorCode
 
 
-@contextlib.asynccontextmanager
-async def keeping_alive(keep_alive: KeepAliveFn, interval: float) -> AsyncIterator[None]:
-    """Calls keep_alive every `interval` seconds while the body runs (API calls, backoff sleeps,
-    polls and downloads can each outlast the consumer's ack wait)."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await keep_alive()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the generation itself decides the job's fate
-                log.warning("keep-alive failed: %s", exc)
-
-    task = asyncio.create_task(beat(), name="google-generator-keepalive")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 class GoogleGenerator:
     name = "google"
 
-    def __init__(
-        self,
-        settings: GoogleSettings,
-        *,
-        credentials: google.auth.credentials.Credentials | None = None,
-    ) -> None:
-        self.settings = settings
-        self._factory = ClientFactory(settings, credentials=credentials)
-        policy = RetryPolicy(
-            attempts=settings.retry_attempts,
-            base_delay_seconds=settings.retry_base_delay_seconds,
-            max_delay_seconds=settings.retry_max_delay_seconds,
-        )
-        self._images = ImageGenerator(self._factory, policy, settings.default_image_model)
-        self._videos = VideoGenerator(self._factory, policy, settings)
+    def __init__(self, factory: ClientFactory) -> None:
+        self.settings = factory.settings
+        self._factory = factory
+        self._images = ImageGenerator(factory)
+        self._videos = VideoGenerator(factory)
 
     async def generate(self, ctx: GenerationContext) -> GenerationResult:
         kind = ctx.dispatch.WhichOneof("params")
-        async with keeping_alive(ctx.keep_alive, self.settings.keepalive_interval_seconds):
-            try:
-                if kind == "image":
-                    return await self._images.generate(ctx)
-                if kind == "video":
-                    return await self._videos.generate(ctx)
-            except (GenerationError, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                # A bug or an SDK surprise: keep the traceback in the log, scrubbed of secrets,
-                # and give the job a message that cannot leak the API key either.
-                scrub = self._factory.scrub
-                trace = "".join(traceback.format_exception(exc))
-                log.error("google generator failed: %s", scrub(trace, limit=None))
-                raise GenerationError(
-                    ErrorCode.ERROR_CODE_INTERNAL,
-                    scrub(f"unexpected {type(exc).__name__}: {exc}"),
-                ) from None
+        # The message stays alive on the worker's own timer (keepalive.py) however long the API
+        # calls, backoff sleeps and polls take.
+        try:
+            if kind == "image":
+                return await self._images.generate(ctx)
+            if kind == "video":
+                return await self._videos.generate(ctx)
+        except (GenerationError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # A bug or an SDK surprise: keep the traceback in the log, scrubbed of secrets,
+            # and give the job a message that cannot leak the API key either.
+            scrub = self._factory.scrub
+            trace = "".join(traceback.format_exception(exc))
+            log.error("google generator failed: %s", scrub(trace, limit=None))
+            raise GenerationError(
+                ErrorCode.ERROR_CODE_INTERNAL,
+                scrub(f"unexpected {type(exc).__name__}: {exc}"),
+            ) from None
         raise GenerationError(
             ErrorCode.ERROR_CODE_INVALID_REQUEST,
             f"the dispatch has no image or video params ({kind})",
@@ -111,21 +74,17 @@ class GoogleGenerator:
 
 
 def build_generator(
-    settings: object | None = None,
+    settings: WorkerSettings | GoogleSettings,
     *,
-    google_settings: GoogleSettings | None = None,
     credentials: google.auth.credentials.Credentials | None = None,
 ) -> GoogleGenerator:
-    """The worker's entry point. The generator reads its own settings from the environment; the
-    worker's `settings`, when given, supply the default models so that both agree. Tests pass
-    `google_settings` and static `credentials` instead."""
-    resolved = google_settings or GoogleSettings.from_env()
-    overrides = {
-        name: value
-        for name in ("default_image_model", "default_video_model")
-        if isinstance(value := getattr(settings, name, None), str) and value
-    }
-    if overrides and google_settings is None:
-        resolved = dataclasses.replace(resolved, **overrides)
-    log.info("google generator: %s", resolved.describe())
-    return GoogleGenerator(resolved, credentials=credentials)
+    """The worker passes its settings: the Google settings are then read from the environment,
+    with the default models the worker's settings read. Tests pass GoogleSettings to use as they
+    are, and static `credentials`."""
+    if not isinstance(settings, GoogleSettings):
+        settings = GoogleSettings.from_env(
+            default_image_model=settings.default_image_model,
+            default_video_model=settings.default_video_model,
+        )
+    log.info("google generator: %s", settings.describe())
+    return GoogleGenerator(ClientFactory(settings, credentials=credentials))

@@ -1,4 +1,5 @@
-"""One google-genai client per generator, built lazily inside the event loop.
+"""One google-genai client per generator, built lazily inside the event loop, and the way every
+API call is made through it (retried and scrubbed alike).
 
 Building it may need application-default credentials, which can block on a metadata server, so
 they are loaded in a worker thread on first use. The same credentials sign Cloud Storage downloads
@@ -8,7 +9,8 @@ of Veo outputs written to VIDEO_OUTPUT_GCS_URI.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypedDict, TypeVar
 
 import google.auth
 import google.auth.credentials
@@ -18,13 +20,19 @@ from google.genai import types
 
 from media.v1 import job_pb2
 from services.media_worker.generators.base import GenerationError
-from services.media_worker.generators.google_errors import Scrubber, classify
+from services.media_worker.generators.google_errors import (
+    RetryPolicy,
+    Scrubber,
+    call_with_retries,
+    classify,
+)
 from services.media_worker.generators.google_settings import (
     DEFAULT_VERTEX_LOCATION,
     DEVELOPER_API_VERSION,
     GoogleSettings,
 )
 
+T = TypeVar("T")
 ErrorCode = job_pb2.ErrorCode
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
@@ -32,6 +40,17 @@ VERTEX_SETTINGS_HINT = (
     "set GOOGLE_GENAI_USE_VERTEXAI=true with GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION "
     "(application-default credentials) or with a Vertex AI API key (express mode)"
 )
+
+
+class _ClientArgs(TypedDict, total=False):
+    """The arguments of genai.Client that _build passes."""
+
+    vertexai: bool
+    http_options: types.HttpOptions
+    api_key: str
+    credentials: google.auth.credentials.Credentials
+    project: str
+    location: str
 
 
 class ClientFactory:
@@ -43,10 +62,20 @@ class ClientFactory:
     ) -> None:
         self.settings = settings
         self.scrub = Scrubber([settings.api_key])
+        self.policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            base_delay_seconds=settings.retry_base_delay_seconds,
+            max_delay_seconds=settings.retry_max_delay_seconds,
+        )
         self._credentials = credentials  # tests pass static ones; else ADC on first use
         self._project = settings.project
         self._client: genai.Client | None = None
         self._lock = asyncio.Lock()
+
+    async def call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Runs one API call (or download) of `what`, retrying transient failures; every failure
+        it understands becomes a GenerationError without credentials in its message."""
+        return await call_with_retries(call, policy=self.policy, scrub=self.scrub, what=what)
 
     def require_vertex(self, model: str, family: str) -> None:
         """Imagen and Veo are served only through Vertex AI by google-genai 3.x."""
@@ -76,7 +105,7 @@ class ClientFactory:
             base_url=settings.base_url or None,
             api_version=api_version,
         )
-        kwargs: dict[str, Any] = {"vertexai": settings.use_vertexai, "http_options": http_options}
+        kwargs: _ClientArgs = {"vertexai": settings.use_vertexai, "http_options": http_options}
         try:
             if not settings.use_vertexai:
                 if not settings.api_key:

@@ -18,7 +18,6 @@ from google.genai import types
 from media.v1 import job_pb2
 from services.media_worker.generators.base import GenerationError
 from services.media_worker.generators.google_client import ClientFactory
-from services.media_worker.generators.google_errors import RetryPolicy, call_with_retries
 
 ErrorCode = job_pb2.ErrorCode
 
@@ -64,9 +63,8 @@ async def stream_to_file(url: str, headers: dict[str, str], path: Path, read_tim
 
 
 class VideoDownloader:
-    def __init__(self, factory: ClientFactory, policy: RetryPolicy) -> None:
+    def __init__(self, factory: ClientFactory) -> None:
         self._factory = factory
-        self._policy = policy
 
     async def save(self, video: types.Video, path: Path, model: str) -> None:
         if video.video_bytes:
@@ -93,9 +91,7 @@ class VideoDownloader:
                 ErrorCode.ERROR_CODE_NO_MEDIA,
                 f"{model} returned a video at an unsupported URI scheme: {uri.split(':')[0]}",
             )
-        await call_with_retries(
+        await self._factory.call(
             lambda: stream_to_file(url, headers, path, settings.request_timeout_seconds),
-            policy=self._policy,
-            scrub=self._factory.scrub,
-            what=f"downloading a {model} video",
+            f"downloading a {model} video",
         )

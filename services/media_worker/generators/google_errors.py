@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import google.auth.exceptions
 import pydantic
 from google.genai import errors as genai_errors
 
 from media.v1 import job_pb2
+from services.common.backoff import backoff_delay
 from services.media_worker.generators.base import GenerationError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class RetryPolicy:
     max_delay_seconds: float
 
     def delay(self, retry_index: int, hint: float | None = None) -> float:
-        """Exponential backoff with equal jitter; never shorter than the server's hint."""
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * (2**retry_index))
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        """The shared backoff (retry_index counts from 0, its attempts from 1); never shorter
+        than the server's hint."""
+        delay = backoff_delay(retry_index + 1, self.base_delay_seconds, self.max_delay_seconds)
         if hint is not None:
             delay = max(delay, min(hint, self.max_delay_seconds))
         return delay
@@ -94,7 +94,7 @@ def api_message(exc: genai_errors.APIError) -> str:
     return str(exc.message or exc.status or f"HTTP {exc.code}")
 
 
-def _error_details(exc: genai_errors.APIError) -> list[dict[str, Any]]:
+def _error_details(exc: genai_errors.APIError) -> list[dict[str, object]]:
     details = exc.details if isinstance(exc.details, dict) else {}
     error = details.get("error", details)
     found = error.get("details") if isinstance(error, dict) else None

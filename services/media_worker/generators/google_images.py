@@ -13,15 +13,16 @@ import asyncio
 import io
 import logging
 import math
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from google.genai import types
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from media.v1 import job_pb2
+from services.common.images import parse_size, sniff_image_type
+from services.common.tasks import gather_all
 from services.media_worker.generators.base import (
     GeneratedFile,
     GenerationContext,
@@ -29,14 +30,11 @@ from services.media_worker.generators.base import (
     GenerationResult,
 )
 from services.media_worker.generators.google_client import ClientFactory
-from services.media_worker.generators.google_errors import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 ErrorCode = job_pb2.ErrorCode
 
-DEFAULT_SIZE = (1024, 1024)
 GEMINI_ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGEN_ASPECT_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 # (Pillow format, MIME type, file extension)
@@ -111,20 +109,6 @@ class ImagePlan:
     encode_quality: int
 
 
-def parse_size(size: str) -> tuple[int, int]:
-    if not size.strip():
-        return DEFAULT_SIZE
-    try:
-        width, height = (int(part) for part in size.lower().split("x"))
-    except ValueError:
-        raise GenerationError(
-            ErrorCode.ERROR_CODE_INVALID_REQUEST, f"size {size!r} is not WIDTHxHEIGHT"
-        ) from None
-    if width <= 0 or height <= 0:
-        raise GenerationError(ErrorCode.ERROR_CODE_INVALID_REQUEST, f"size {size!r} is empty")
-    return width, height
-
-
 def nearest_aspect_ratio(width: int, height: int, choices: Iterable[str]) -> str:
     def distance(ratio: str) -> float:
         w, h = (int(part) for part in ratio.split(":"))
@@ -133,7 +117,9 @@ def nearest_aspect_ratio(width: int, height: int, choices: Iterable[str]) -> str
     return min(choices, key=distance)
 
 
-def fold_prompt(prompt: str, style: int, quality: int) -> str:
+def fold_prompt(
+    prompt: str, style: job_pb2.ImageStyle.ValueType, quality: job_pb2.ImageQuality.ValueType
+) -> str:
     """Style and quality become words in the prompt: neither model has a parameter for them."""
     parts = [prompt.strip()]
     if style in STYLE_HINTS:
@@ -151,10 +137,15 @@ def plan_images(params: job_pb2.ImageParams, default_model: str) -> ImagePlan:
             ErrorCode.ERROR_CODE_INVALID_REQUEST,
             f"{model} is not an image model this worker knows (gemini-*-image or imagen-*)",
         )
-    width, height = parse_size(params.size)
+    try:
+        width, height = parse_size(params.size)
+    except ValueError as exc:
+        raise GenerationError(ErrorCode.ERROR_CODE_INVALID_REQUEST, str(exc)) from None
     ratios = GEMINI_ASPECT_RATIOS if family == "gemini" else IMAGEN_ASPECT_RATIOS
     high = params.quality == job_pb2.IMAGE_QUALITY_HIGH
-    pil_format, mime_type, extension = FORMATS.get(params.format, FORMATS[0])
+    pil_format, mime_type, extension = FORMATS.get(
+        params.format, FORMATS[job_pb2.IMAGE_FORMAT_UNSPECIFIED]
+    )
     return ImagePlan(
         model=model,
         family=family,
@@ -177,7 +168,7 @@ def finalize_image(data: bytes, plan: ImagePlan, path: Path) -> str | None:
     Blocking (Pillow): run it in a thread.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise GenerationError(
@@ -215,16 +206,11 @@ def finalize_image(data: bytes, plan: ImagePlan, path: Path) -> str | None:
     return note
 
 
-async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Like gather, but the first failure cancels the rest (no orphaned paid calls)."""
-    tasks = [asyncio.ensure_future(item) for item in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+def input_mime_type(ctx: GenerationContext) -> str:
+    """The input image's type as stored, else as its bytes say. The API needs a type, and
+    job_service admits only types sniff_image_type knows, so its PNG fallback (what this generator
+    always sent for unrecognised bytes) only keeps an odd request well-formed."""
+    return ctx.input_mime_type or sniff_image_type(ctx.input_image or b"") or "image/png"
 
 
 def _enum_name(value: object) -> str:
@@ -272,13 +258,11 @@ def image_from_gemini(response: types.GenerateContentResponse, model: str) -> by
 
 
 class ImageGenerator:
-    def __init__(self, factory: ClientFactory, policy: RetryPolicy, default_model: str) -> None:
+    def __init__(self, factory: ClientFactory) -> None:
         self._factory = factory
-        self._policy = policy
-        self._default_model = default_model
 
     async def generate(self, ctx: GenerationContext) -> GenerationResult:
-        plan = plan_images(ctx.dispatch.image, self._default_model)
+        plan = plan_images(ctx.dispatch.image, self._factory.settings.default_image_model)
         if plan.family == "imagen":
             self._factory.require_vertex(plan.model, "Imagen")
             if ctx.input_image:
@@ -326,22 +310,23 @@ class ImageGenerator:
                 aspect_ratio=plan.aspect_ratio, image_size=plan.image_size
             ),
         )
-        contents: list[types.Part | str] = []
+        parts: list[types.Part] = []
         if ctx.input_image:
-            mime_type = ctx.input_mime_type or sniff_image_mime(ctx.input_image)
-            contents.append(types.Part.from_bytes(data=ctx.input_image, mime_type=mime_type))
-        contents.append(plan.prompt)
+            parts.append(
+                types.Part.from_bytes(data=ctx.input_image, mime_type=input_mime_type(ctx))
+            )
+        parts.append(types.Part.from_text(text=plan.prompt))
+        # What the SDK makes of a list of user parts (a str becomes Part(text=...)): one user turn.
+        contents = types.UserContent(parts=parts)
         done = 0
 
         async def one() -> bytes | GenerationError:
             nonlocal done
-            response = await call_with_retries(
+            response = await self._factory.call(
                 lambda: client.aio.models.generate_content(
                     model=plan.model, contents=contents, config=config
                 ),
-                policy=self._policy,
-                scrub=self._factory.scrub,
-                what=f"generate_content on {plan.model}",
+                f"generate_content on {plan.model}",
             )
             try:
                 data: bytes | GenerationError = image_from_gemini(response, plan.model)
@@ -370,13 +355,11 @@ class ImageGenerator:
             output_compression_quality=plan.encode_quality if jpeg else None,
             include_rai_reason=True,
         )
-        response = await call_with_retries(
+        response = await self._factory.call(
             lambda: client.aio.models.generate_images(
                 model=plan.model, prompt=plan.prompt, config=config
             ),
-            policy=self._policy,
-            scrub=self._factory.scrub,
-            what=f"generate_images on {plan.model}",
+            f"generate_images on {plan.model}",
         )
         await ctx.progress(90, f"{plan.model} answered")
         images: list[bytes] = []
@@ -403,13 +386,3 @@ class ImageGenerator:
                 )
             )
         return images, failures
-
-
-def sniff_image_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"

@@ -1,4 +1,5 @@
-"""Settings of the Google generator, read from the environment.
+"""Settings of the Google generator, read from the environment, but for the default models: the
+worker's settings read DEFAULT_IMAGE_MODEL / DEFAULT_VIDEO_MODEL and pass them in.
 
 The credential and endpoint variables are the google-genai SDK's own, read here so the generator
 passes them to the SDK explicitly (the SDK picks GOOGLE_VERTEX_BASE_URL only when `vertexai` is
@@ -11,8 +12,6 @@ from dataclasses import dataclass, field
 
 from services.common.config import SettingsError, env_bool, env_float, env_int, env_str
 
-DEFAULT_IMAGE_MODEL = "gemini-2.5-flash-image"
-DEFAULT_VIDEO_MODEL = "veo-3.1-generate-preview"
 # Veo is not served from the "global" location; Gemini image models are served from both.
 DEFAULT_VERTEX_LOCATION = "us-central1"
 # The version Gemini's image-generation and Files API docs use; the 3.x SDK would pick v1.
@@ -22,14 +21,14 @@ DEVELOPER_API_VERSION = "v1beta"
 @dataclass(frozen=True)
 class GoogleSettings:
     api_key: str = field(repr=False)  # never printed
+    default_image_model: str  # for jobs that name no model
+    default_video_model: str
     use_vertexai: bool = False
     project: str = ""
     location: str = ""
     gemini_base_url: str = ""  # GOOGLE_GEMINI_BASE_URL: another Developer API endpoint
     vertex_base_url: str = ""  # GOOGLE_VERTEX_BASE_URL: another Vertex AI endpoint
     api_version: str = ""  # GOOGLE_GENAI_API_VERSION for the Developer API; empty: v1beta
-    default_image_model: str = DEFAULT_IMAGE_MODEL
-    default_video_model: str = DEFAULT_VIDEO_MODEL
     request_timeout_seconds: float = 180.0  # one HTTP call (image generation takes 5-60 s)
     retry_attempts: int = 4  # tries of one call on 429 / 5xx / timeouts, the first included
     retry_base_delay_seconds: float = 1.0
@@ -39,10 +38,9 @@ class GoogleSettings:
     video_poll_max_seconds: float = 20.0
     video_output_gcs_uri: str = ""  # gs://bucket/prefix: Veo writes there instead of inline
     storage_endpoint_url: str = ""  # STORAGE_EMULATOR_HOST: another Cloud Storage endpoint
-    keepalive_interval_seconds: float = 5.0  # how often the JetStream message is kept alive
 
     @classmethod
-    def from_env(cls) -> GoogleSettings:
+    def from_env(cls, *, default_image_model: str, default_video_model: str) -> GoogleSettings:
         # The SDK's precedence: GOOGLE_API_KEY over GEMINI_API_KEY.
         api_key = env_str("GOOGLE_API_KEY") or env_str("GEMINI_API_KEY")
         use_vertexai = env_bool("GOOGLE_GENAI_USE_VERTEXAI", False)
@@ -58,8 +56,8 @@ class GoogleSettings:
             gemini_base_url=env_str("GOOGLE_GEMINI_BASE_URL"),
             vertex_base_url=env_str("GOOGLE_VERTEX_BASE_URL"),
             api_version=env_str("GOOGLE_GENAI_API_VERSION"),
-            default_image_model=env_str("DEFAULT_IMAGE_MODEL", DEFAULT_IMAGE_MODEL),
-            default_video_model=env_str("DEFAULT_VIDEO_MODEL", DEFAULT_VIDEO_MODEL),
+            default_image_model=default_image_model,
+            default_video_model=default_video_model,
             request_timeout_seconds=env_float("GOOGLE_API_TIMEOUT_SECONDS", 180.0),
             retry_attempts=env_int("GOOGLE_API_RETRY_ATTEMPTS", 4, minimum=1),
             retry_base_delay_seconds=env_float("GOOGLE_API_RETRY_BASE_DELAY_SECONDS", 1.0),

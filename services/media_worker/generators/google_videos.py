@@ -10,6 +10,7 @@ generation while the old one may still be running.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -26,14 +27,8 @@ from services.media_worker.generators.base import (
 )
 from services.media_worker.generators.google_client import ClientFactory
 from services.media_worker.generators.google_download import VideoDownloader
-from services.media_worker.generators.google_errors import (
-    RetryPolicy,
-    Scrubber,
-    call_with_retries,
-    looks_like_safety,
-)
-from services.media_worker.generators.google_images import model_id, sniff_image_mime
-from services.media_worker.generators.google_settings import GoogleSettings
+from services.media_worker.generators.google_errors import Scrubber, looks_like_safety
+from services.media_worker.generators.google_images import input_mime_type, model_id
 
 log = logging.getLogger(__name__)
 ErrorCode = job_pb2.ErrorCode
@@ -150,13 +145,10 @@ def operation_failure(error: dict[str, object], model: str, scrub: Scrubber) -> 
 
 
 class VideoGenerator:
-    def __init__(
-        self, factory: ClientFactory, policy: RetryPolicy, settings: GoogleSettings
-    ) -> None:
+    def __init__(self, factory: ClientFactory) -> None:
         self._factory = factory
-        self._policy = policy
-        self._settings = settings
-        self._downloader = VideoDownloader(factory, policy)
+        self._settings = factory.settings
+        self._downloader = VideoDownloader(factory)
 
     async def generate(self, ctx: GenerationContext) -> GenerationResult:
         plan = plan_video(ctx.dispatch.video, self._settings.default_video_model)
@@ -164,10 +156,7 @@ class VideoGenerator:
         client = await self._factory.client()
         image = None
         if ctx.input_image:
-            image = types.Image(
-                image_bytes=ctx.input_image,
-                mime_type=ctx.input_mime_type or sniff_image_mime(ctx.input_image),
-            )
+            image = types.Image(image_bytes=ctx.input_image, mime_type=input_mime_type(ctx))
         source = types.GenerateVideosSource(prompt=plan.prompt or None, image=image)
         output_uri = None
         if self._settings.video_output_gcs_uri:
@@ -187,13 +176,11 @@ class VideoGenerator:
         deadline = self._settings.video_deadline_seconds
         try:
             async with asyncio.timeout(deadline):
-                operation = await call_with_retries(
+                operation = await self._factory.call(
                     lambda: client.aio.models.generate_videos(
                         model=plan.model, source=source, config=config
                     ),
-                    policy=self._policy,
-                    scrub=self._factory.scrub,
-                    what=f"generate_videos on {plan.model}",
+                    f"generate_videos on {plan.model}",
                 )
                 operation = await self._wait(client, operation, plan, ctx)
         except TimeoutError:
@@ -229,11 +216,9 @@ class VideoGenerator:
             await ctx.keep_alive()
             await asyncio.sleep(interval)
             interval = min(interval * POLL_BACKOFF, self._settings.video_poll_max_seconds)
-            operation = await call_with_retries(
-                lambda current=operation: client.aio.operations.get(current),
-                policy=self._policy,
-                scrub=self._factory.scrub,
-                what=f"polling the {plan.model} operation",
+            operation = await self._factory.call(
+                functools.partial(client.aio.operations.get, operation),
+                f"polling the {plan.model} operation",
             )
         return operation
 

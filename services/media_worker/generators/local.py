@@ -15,12 +15,13 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 import av
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, UnidentifiedImageError
 
 from media.v1 import job_pb2
+from services.common import images
 from services.media_worker.generators.base import (
     GeneratedFile,
     GenerationContext,
@@ -29,13 +30,13 @@ from services.media_worker.generators.base import (
 )
 
 MODEL = "local"
-DEFAULT_SIZE = (1024, 1024)
 MAX_SIDE = 4096  # a sanity bound; job_service only lets the models' sizes through
 FPS = 24
 DEFAULT_DURATION_SECONDS = 8
 MAX_DURATION_SECONDS = 60
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 # Format enum -> (Pillow format, file extension, content type).
 IMAGE_FORMATS: dict[int, tuple[str, str, str]] = {
@@ -47,19 +48,12 @@ IMAGE_FORMATS: dict[int, tuple[str, str, str]] = {
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """ "WIDTHxHEIGHT" -> (width, height); empty means 1024x1024."""
-    if not size.strip():
-        return DEFAULT_SIZE
-    width, sep, height = size.strip().lower().partition("x")
+    """The job's "WIDTHxHEIGHT" (empty: the default size), each side within MAX_SIDE."""
     try:
-        if not sep:
-            raise ValueError
-        dims = int(width), int(height)
-    except ValueError:
-        raise GenerationError(
-            job_pb2.ERROR_CODE_INVALID_REQUEST, f"size must be WIDTHxHEIGHT, got {size!r}"
-        ) from None
-    if not all(0 < d <= MAX_SIDE for d in dims):
+        dims = images.parse_size(size)
+    except ValueError as exc:
+        raise GenerationError(job_pb2.ERROR_CODE_INVALID_REQUEST, str(exc)) from None
+    if max(dims) > MAX_SIDE:
         raise GenerationError(
             job_pb2.ERROR_CODE_INVALID_REQUEST, f"size {size!r} is out of range 1..{MAX_SIDE}"
         )
@@ -239,7 +233,7 @@ class _VideoWriter:
         ]
         self._font = _font(max(12, unit // 24))
         self._frame = 0
-        self._container: Any = av.open(str(path), "w", options={"movflags": "+faststart"})
+        self._container = av.open(str(path), "w", options={"movflags": "+faststart"})
         stream = self._container.add_stream("libx264", rate=FPS)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -265,7 +259,8 @@ class _VideoWriter:
 
     def write_second(self, frames: int) -> None:
         for _ in range(frames):
-            frame = av.VideoFrame.from_image(self._draw(self._frame))
+            # PyAV declares from_image without types (av/video/frame.pyi).
+            frame = av.VideoFrame.from_image(self._draw(self._frame))  # type: ignore[no-untyped-call]
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
             self._frame += 1
@@ -290,7 +285,7 @@ def _bounce(position: float, span: float) -> float:
     return position if position <= span else period - position
 
 
-async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
     """asyncio.to_thread that, when cancelled, still waits for the thread to finish.
 
     A thread cannot be interrupted; returning early would let the caller close an encoder the

@@ -14,11 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.auth import WORKER_ROLE, mint_token
-from services.common.config import TlsSettings
-from services.common.tls import sync_channel
-from services.devstack.deps import HOST, Dependencies
-from services.devstack.procs import (
+from devstack.deps import HOST, Dependencies
+from devstack.procs import (
     ManagedProcess,
     StartupError,
     free_port,
@@ -26,10 +23,13 @@ from services.devstack.procs import (
     stop_all,
     wait_until,
 )
+from devstack.state import REPO_ROOT
+from services.common.auth import WORKER_ROLE, mint_token
+from services.common.config import TlsSettings
+from services.common.tls import sync_channel
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_SUBJECT = "media-worker"
 WORKER_TOKEN_TTL_SECONDS = 30 * 24 * 3600  # a long-lived `make up` stack must not lose its worker
 DEFAULT_START_TIMEOUT = 60.0
@@ -265,7 +265,6 @@ def service_env(
     # A local stop should not wait 20 s for a demo job to drain (and must stay well inside
     # Services.stop's timeout, after which everything is SIGKILLed).
     env.setdefault("SHUTDOWN_GRACE_SECONDS", "5")
-    env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "5")
     env.update(extra_env or {})
     return env
 

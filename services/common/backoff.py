@@ -1,4 +1,4 @@
-"""Retry delays shared by uploads, WorkerService calls and JetStream redeliveries."""
+"""Retry delays: the one exponential backoff with jitter every retry loop uses."""
 
 from __future__ import annotations
 
@@ -10,5 +10,5 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
     attempt counts from 1; the delay doubles per attempt up to `cap`.
     """
-    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    delay: float = min(cap, base * 2.0 ** max(0, attempt - 1))
     return delay / 2 + random.uniform(0, delay / 2)

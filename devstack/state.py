@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SUPERVISE_COMMAND = "_supervise"
 
 
@@ -42,7 +42,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def format_env(values: Mapping[str, str]) -> str:
-    lines = ["# Written by `python -m services.devstack up`; `source` this file in a shell."]
+    lines = ["# Written by `python -m devstack up`; `source` this file in a shell."]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -80,7 +80,7 @@ def _is_supervisor(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return process_alive(pid)  # no /proc (macOS): trust the pid file
-    return b"services.devstack" in cmdline and SUPERVISE_COMMAND.encode() in cmdline
+    return b"devstack" in cmdline and SUPERVISE_COMMAND.encode() in cmdline
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.devstack.procs import (
+from devstack.procs import (
     ManagedProcess,
     StartupError,
     free_port,

@@ -9,10 +9,10 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from devstack.deps import Dependencies, start_dependencies
+from devstack.services import Services, start_services
+from devstack.state import RunDir
 from services.common.auth import mint_token
-from services.devstack.deps import Dependencies, start_dependencies
-from services.devstack.services import Services, start_services
-from services.devstack.state import RunDir
 
 log = logging.getLogger(__name__)
 

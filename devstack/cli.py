@@ -1,4 +1,4 @@
-"""`python -m services.devstack up|down|run|env`: the local stack behind `make up`, `make down`
+"""`python -m devstack up|down|run|env`: the local stack behind `make up`, `make down`
 and `make run`.
 
 up    starts everything in the background (a detached supervisor owns the processes), writes
@@ -26,8 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from services.devstack.procs import StartupError
-from services.devstack.state import (
+from devstack.procs import StartupError
+from devstack.state import (
     REPO_ROOT,
     SUPERVISE_COMMAND,
     RunDir,
@@ -37,7 +37,7 @@ from services.devstack.state import (
 )
 
 if TYPE_CHECKING:
-    from services.devstack.stack import Stack
+    from devstack.stack import Stack
 
 log = logging.getLogger("devstack")
 
@@ -111,7 +111,7 @@ def up(run: RunDir, *, workers: int = 1, timeout: float = UP_TIMEOUT) -> dict[st
             [
                 sys.executable,
                 "-m",
-                "services.devstack",
+                "devstack",
                 SUPERVISE_COMMAND,
                 "--ready-fd",
                 str(writer),
@@ -244,7 +244,7 @@ def down(run: RunDir, *, timeout: float = DOWN_TIMEOUT) -> bool:
 def supervise(run: RunDir, ready_fd: int, workers: int) -> int:
     """The background owner of an `up` stack: starts it, reports on `ready_fd`, then waits
     for SIGTERM and stops everything."""
-    from services.devstack.stack import start_stack
+    from devstack.stack import start_stack
 
     lock = run.try_lock()
     if lock is None:
@@ -304,8 +304,8 @@ def _watch(stack: Stack) -> None:
 
 
 def run_foreground(run: RunDir, *, workers: int = 1) -> int:
-    from services.devstack.demo import run_demo
-    from services.devstack.stack import start_stack
+    from devstack.demo import run_demo
+    from devstack.stack import start_stack
 
     lock = run.try_lock()
     if lock is None:
@@ -349,7 +349,7 @@ def run_foreground(run: RunDir, *, workers: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.devstack",
+        prog="python -m devstack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

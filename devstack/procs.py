@@ -4,10 +4,10 @@ ports, and making sure nothing outlives the process that started it."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1
 _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
@@ -68,32 +67,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _libc_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+# util-linux's setpriv arms PR_SET_PDEATHSIG and execs the command. Doing it through a program
+# rather than a preexec_fn lets subprocess use vfork: a fork() from a process that holds gRPC
+# channels runs gRPC's fork handlers in the child, which can abort it before it execs.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
-# Resolved before any fork: the child must not load libraries between fork and exec.
-_prctl = _libc_prctl()
-
-
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get `sig` when its parent dies, even by SIGKILL.
+def _die_with_parent(sig: int) -> list[str]:
+    """An argv prefix that makes the child get `sig` when its parent dies, even by SIGKILL.
 
     Linux sends it when the *thread* that forked exits, so it is only armed when spawning from the
     main thread (whose exit ends the process)."""
-    prctl = _prctl
-    if prctl is None or threading.current_thread() is not threading.main_thread():
-        return None
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-    return arm
+    if _SETPRIV is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [_SETPRIV, f"--pdeathsig={signal.Signals(sig).name.removeprefix('SIG')}", "--"]
 
 
 def _start_time(pid: int) -> str | None:
@@ -173,14 +160,13 @@ class ManagedProcess:
             log.write(f"--- {stamp} starting {self.name}: {shlex.join(self.argv)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(  # type: ignore[call-overload]
-                self.argv,
+                [*_die_with_parent(self.stop_signal), *self.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(self.env) if self.env is not None else None,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(self.stop_signal),
                 **user_args,
             )
         if self.pid_path is not None:

@@ -1,4 +1,5 @@
-"""Generates the Python stubs for protos/ with grpcio-tools, or checks the committed ones."""
+"""Generates the Python stubs for protos/ with grpcio-tools and mypy-protobuf, or checks the
+committed ones."""
 
 from __future__ import annotations
 
@@ -11,21 +12,28 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parents[2]
-PROTO_ROOT = ROOT / "protos"
+from devstack.state import REPO_ROOT
+
+PROTO_ROOT = REPO_ROOT / "protos"
 
 
 def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     out.mkdir(parents=True, exist_ok=True)
+    # mypy-protobuf's plugins write the type stubs (messages and gRPC stubs and servicers), so
+    # the type checker sees real types; they are installed next to this interpreter.
+    plugins = Path(sys.executable).parent
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--mypy_out={out}",
         f"--grpc_python_out={out}",
+        f"--mypy_grpc_out={out}",
         *protos,
     ]
     if protoc.main(args) != 0:
@@ -53,7 +61,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
-    out = (ROOT / args.out).resolve()
+    out = (REPO_ROOT / args.out).resolve()
     if not args.check:
         shutil.rmtree(out / "media", ignore_errors=True)
         generate(out)

@@ -1,0 +1,77 @@
+"""Failures as statuses: RpcError and AuthError become theirs, anything unexpected becomes
+INTERNAL without its text reaching the caller (it is logged instead). Also the status a call
+ends with (`code_of` when it raised, `code_returned` when it returned), which the observing
+concerns (metrics, spans) share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import NoReturn
+
+import grpc
+
+from services.common.auth import AuthError
+from services.common.errors import RpcError
+from services.common.interceptors.chain import (
+    Call,
+    Context,
+    Interceptor,
+    Method,
+    Request,
+    Result,
+    code_set,
+)
+
+# The name the "unhandled error" lines have always carried, which log queries may filter on.
+log = logging.getLogger("services.common.interceptor")
+
+
+class Errors(Interceptor):
+    def intercept(self, method: Method, call: Call) -> Call:
+        path = method.path
+
+        async def mapped(request: Request, context: Context) -> Result:
+            try:
+                return await call(request, context)
+            except Exception as exc:
+                if _grpc_own(exc):  # the handler aborted itself, or the call ended under it
+                    raise
+                await _abort(exc, context, path)
+
+        return mapped
+
+
+def code_of(exc: BaseException, context: Context) -> grpc.StatusCode:
+    """The status of a call that `exc` ended, on either side of `Errors`."""
+    if isinstance(exc, RpcError | AuthError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if _grpc_own(exc):  # an abort (the handler's or ours): the status is set
+        return code_set(context) or grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.INTERNAL
+
+
+def code_returned(context: Context) -> grpc.StatusCode:
+    """The status of a call that returned: OK, unless the handler set another."""
+    return code_set(context) or grpc.StatusCode.OK
+
+
+def _grpc_own(exc: BaseException) -> bool:
+    """An exception of grpc's own (context.abort raises one), which grpc must see untouched."""
+    return type(exc).__module__.startswith("grpc")
+
+
+async def _abort(exc: Exception, context: Context, path: str) -> NoReturn:
+    try:
+        if isinstance(exc, RpcError):
+            await context.abort_with_status(exc.to_status())
+        elif isinstance(exc, AuthError):
+            await context.abort(exc.code, exc.message)
+        else:
+            log.error("unhandled error in %s", path, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    except grpc.aio.AbortError as aborted:
+        # Chained, so that the concerns outside (the span) can tell what the status stands for.
+        raise aborted from exc

@@ -1,0 +1,165 @@
+"""What one attempt makes: fetch the input image, run the generator, probe and store its files.
+
+The answer is an `Outcome`: `Stored` (every output is in the bucket, for CompleteJob to record)
+or `Failed` (the code, message and retryability CompleteJob reports). A stop (cancel, or a newer
+attempt: see cancellation.py) cancels the generation and raises `Aborted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from media.v1 import events_pb2, job_pb2
+from services.common import lifecycle, tracing
+from services.common.images import sniff_image_type
+from services.media_worker import metrics as worker_metrics
+from services.media_worker.generators.base import (
+    GenerationContext,
+    GenerationError,
+    Generator,
+    KeepAliveFn,
+)
+from services.media_worker.media_probe import ProbeError
+from services.media_worker.progress import ProgressReporter
+from services.media_worker.uploader import InputImageError, Storage, UploadError
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Stored:
+    outputs: list[job_pb2.Output]
+    model: str
+    notes: list[str] = field(default_factory=list)  # how the model adapted the parameters
+    seconds: float = 0.0  # time the generator took
+
+    @property
+    def left_objects(self) -> bool:
+        """Whether the attempt may have put objects in the bucket."""
+        return True
+
+
+@dataclass(frozen=True)
+class Failed:
+    code: lifecycle.ErrorCode
+    message: str
+    retryable: bool
+
+    @property
+    def left_objects(self) -> bool:
+        # An upload that failed part way may have stored some outputs.
+        return self.code == job_pb2.ERROR_CODE_UPLOAD_FAILED
+
+
+Outcome = Stored | Failed
+
+
+class Aborted(Exception):
+    """The attempt was told to stop (canceled, or a newer attempt owns the job)."""
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Production:
+    """Runs one attempt's work; one instance serves every job of the worker."""
+
+    def __init__(self, generator: Generator, storage: Storage, max_input_image_bytes: int) -> None:
+        self._generator = generator
+        self._storage = storage
+        self._max_input_image_bytes = max_input_image_bytes
+
+    async def run(
+        self,
+        dispatch: events_pb2.JobDispatch,
+        workdir: Path,
+        reporter: ProgressReporter,
+        keep_alive: KeepAliveFn,
+    ) -> Outcome:
+        """Raises Aborted when `reporter` is told to stop."""
+        job_id = dispatch.job_id
+        try:
+            data, mime_type = await self._input_image(dispatch)
+        except InputImageError as exc:
+            if exc.permanent:
+                return Failed(job_pb2.ERROR_CODE_INVALID_REQUEST, clip(str(exc)), False)
+            return Failed(job_pb2.ERROR_CODE_INTERNAL, clip(str(exc)), True)
+        ctx = GenerationContext(
+            dispatch=dispatch,
+            workdir=workdir,
+            progress=reporter.update,
+            keep_alive=keep_alive,
+            input_image=data,
+            input_mime_type=mime_type,
+        )
+        kind = dispatch.WhichOneof("params") or "unknown"
+        params = dispatch.image if kind == "image" else dispatch.video
+        # The model a failed job is counted under: the one it asked for, else the generator's.
+        requested = params.model or getattr(self._generator, "name", "unknown")
+        started = time.monotonic()
+        with tracing.span("generate", attributes={"media.kind": kind}) as gen_span:
+            task = asyncio.create_task(self._generator.generate(ctx), name=f"generate-{job_id}")
+            reporter.watch(task)
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                # Told to stop, rather than this task itself being cancelled (shutdown).
+                if reporter.aborted and current is not None and not current.cancelling():
+                    raise Aborted() from None
+                raise
+            except GenerationError as exc:
+                worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
+                tracing.set_error(gen_span, exc.message)
+                return Failed(exc.code, clip(exc.message), exc.retryable)
+            except Exception as exc:
+                worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
+                log.exception("generator raised")
+                message = str(exc) or type(exc).__name__
+                tracing.set_error(gen_span, message)
+                return Failed(job_pb2.ERROR_CODE_GENERATION_FAILED, clip(message), False)
+            seconds = time.monotonic() - started
+            worker_metrics.observe_generation(kind, result.model, seconds)
+            gen_span.set_attribute("media.model", result.model)
+        log.info(
+            "generated %d file(s) in %.3f s",
+            len(result.files),
+            seconds,
+            extra={"model": result.model},
+        )
+        if reporter.aborted:
+            raise Aborted()
+        if not result.files:
+            return Failed(job_pb2.ERROR_CODE_NO_MEDIA, "the generator produced no files", False)
+        try:
+            with tracing.span("upload", attributes={"media.files": len(result.files)}):
+                outputs = await self._storage.store_outputs(job_id, reporter.attempt, result.files)
+        except ProbeError as exc:
+            return Failed(job_pb2.ERROR_CODE_GENERATION_FAILED, clip(f"bad output: {exc}"), False)
+        except UploadError as exc:
+            return Failed(job_pb2.ERROR_CODE_UPLOAD_FAILED, clip(str(exc)), True)
+        worker_metrics.UPLOAD_BYTES.labels(kind).inc(sum(o.byte_size for o in outputs))
+        return Stored(outputs, result.model, list(result.notes), seconds)
+
+    async def _input_image(self, dispatch: events_pb2.JobDispatch) -> tuple[bytes | None, str]:
+        which = dispatch.WhichOneof("params")
+        params = dispatch.image if which == "image" else dispatch.video
+        image = params.input_image
+        if image.data:  # inline bytes (job_service normally stores them and sends a key)
+            return image.data, image.mime_type or sniff_image_type(image.data)
+        if not image.key:
+            return None, ""
+        data, stored_type = await self._storage.download_input(
+            dispatch.job_id,
+            image.bucket or self._storage.bucket,
+            image.key,
+            self._max_input_image_bytes,
+        )
+        return data, image.mime_type or stored_type or sniff_image_type(data)

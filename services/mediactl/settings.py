@@ -1,0 +1,42 @@
+"""mediactl's settings: the one place the CLI reads its environment (its flags override them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import TlsSettings, env_int, env_str
+
+JOB_SERVICE_ENV = "JOB_SERVICE_ADDR"
+NOTIFIER_ENV = "NOTIFIER_ADDR"
+TOKEN_ENV = "MEDIA_TOKEN"
+SECRET_ENV = "AUTH_JWT_SECRET"  # where `mediactl token` finds the signing secret by default
+
+
+@dataclass(frozen=True)
+class CliSettings:
+    job_addr: str
+    notifier_addr: str
+    token: str = field(repr=False)
+    max_message_bytes: int  # the services' GRPC_MAX_MESSAGE_BYTES
+    tls: TlsSettings
+    audience: str  # of the tokens `mediactl token` mints
+    issuer: str
+
+    @classmethod
+    def from_env(cls) -> CliSettings:
+        """Raises SettingsError for a malformed value."""
+        return cls(
+            job_addr=env_str(JOB_SERVICE_ENV),
+            notifier_addr=env_str(NOTIFIER_ENV),
+            token=env_str(TOKEN_ENV),
+            max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
+            tls=TlsSettings.from_env(),
+            audience=env_str("AUTH_AUDIENCE", "media"),
+            issuer=env_str("AUTH_ISSUER"),
+        )
+
+
+def signing_secret(variable: str) -> str:
+    """The value of the variable `mediactl token --secret-env` names: the secret is read from the
+    environment, never from argv, so it stays out of `ps` and the shell's history."""
+    return env_str(variable)
