@@ -116,6 +116,13 @@ class TokenVerifier:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token expired") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
+        except (OverflowError, ValueError, TypeError, RecursionError):
+            # PyJWT converts time claims with int(): an `exp` of 1e400 (inf) overflows there.
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED, "invalid token: malformed claims"
+            ) from None
+        for name in _TIME_CLAIMS:
+            _check_time(claims, name)
         subject = claims.get("sub")
         # The subject is stored as the job owner: no control characters (Postgres refuses NUL).
         if (
@@ -188,3 +195,21 @@ def mint_token(
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
+
+
+# NumericDate claims (RFC 7519): numbers of seconds. Anything past the year 9999 is no time at all
+# (and 10**400 would overflow a float).
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_MAX_TIME = 253_402_300_799
+
+
+def _check_time(claims: dict[str, object], name: str) -> None:
+    value = claims.get(name)
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= _MAX_TIME  # (NaN fails this too; compared before any float())
+    ):
+        raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: bad {name} claim")

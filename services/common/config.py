@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed."""
+
+
+def load_or_exit(load: Callable[[], _T], log: logging.Logger) -> _T:
+    """What `load` returns. A SettingsError it raises is logged as bad settings and ends the
+    process with exit status 2: a service does not start on settings it cannot read."""
+    try:
+        return load()
+    except SettingsError as exc:
+        log.error("bad settings: %s", exc)
+        sys.exit(2)
 
 
 def env_str(name: str, default: str = "") -> str:

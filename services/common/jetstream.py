@@ -64,24 +64,25 @@ async def connect(url: str, name: str) -> Client:
     )
 
 
+def _stream(
+    name: str, wildcard: str, retention: RetentionPolicy, max_age_seconds: float | None = None
+) -> StreamConfig:
+    """A file-backed stream of the subjects `wildcard` matches, deduplicating on Nats-Msg-Id."""
+    return StreamConfig(
+        name=name,
+        subjects=[wildcard],
+        retention=retention,
+        storage=StorageType.FILE,
+        max_age=max_age_seconds,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+
+
 async def ensure_streams(js: JetStreamContext, *, events_max_age_seconds: float = 86400) -> None:
     """Creates or updates both streams; safe to call from every replica at start-up."""
     configs = [
-        StreamConfig(
-            name=DISPATCH_STREAM,
-            subjects=["media.dispatch.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        ),
-        StreamConfig(
-            name=EVENTS_STREAM,
-            subjects=["media.events.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=events_max_age_seconds,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        ),
+        _stream(DISPATCH_STREAM, "media.dispatch.>", RetentionPolicy.WORK_QUEUE),
+        _stream(EVENTS_STREAM, "media.events.>", RetentionPolicy.LIMITS, events_max_age_seconds),
     ]
     for config in configs:
         assert config.name is not None

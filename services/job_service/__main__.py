@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from services.common.config import LogSettings, SettingsError
+from services.common.config import LogSettings, load_or_exit
 from services.common.logs import configure_logging
 from services.common.tracing import setup_tracing
 from services.job_service import migrate
@@ -20,15 +20,11 @@ def main() -> None:
     configure_logging("job_service", LogSettings.from_env().level)
     if sys.argv[1:] not in ([], ["migrate"]):
         sys.exit("usage: python -m services.job_service [migrate]")
-    try:
-        if sys.argv[1:] == ["migrate"]:
-            # Migrations need the database only, not the service's secrets.
-            migrate.upgrade(database_url_from_env())
-            return
-        settings = JobServiceSettings.from_env()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
-        sys.exit(2)
+    if sys.argv[1:] == ["migrate"]:
+        # Migrations need the database only, not the service's secrets.
+        migrate.upgrade(load_or_exit(database_url_from_env, log))
+        return
+    settings = load_or_exit(JobServiceSettings.from_env, log)
     setup_tracing("job_service", settings.server.tracing)
     asyncio.run(serve(settings))
 

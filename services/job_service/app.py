@@ -46,7 +46,7 @@ async def serve(settings: JobServiceSettings) -> None:
         max_active_per_owner=settings.limits.max_active_jobs_per_user,
     )
     relay = OutboxRelay(
-        store, js, batch=settings.outbox_batch, poll_seconds=settings.outbox_poll_seconds
+        engine, js, batch=settings.outbox_batch, poll_seconds=settings.outbox_poll_seconds
     )
     verifier = TokenVerifier(settings.auth)
     signer = UrlSigner(make_client(settings.s3, public=True), settings.presign_ttl_seconds)

@@ -1,9 +1,12 @@
-"""The outbox relay: publishes committed outbox rows to JetStream, then deletes them.
+"""The outbox: the rows a state change commits with it, and the relay that publishes them to
+JetStream, then deletes them.
 
-Each row is published with its ID as Nats-Msg-Id, so a row published twice (a crash between
-publish and delete, or two replicas relaying the same row) is stored once by JetStream.
+The store (store.py) queues a change's rows in its transaction and `write_outbox` inserts them
+just before the commit. Each row is published with its ID as Nats-Msg-Id, so a row published
+twice (a crash between publish and delete, or two replicas relaying the same row) is stored once
+by JetStream.
 
-Two paths feed it. The fast path: the store hands over the rows of each commit, which are
+Two paths feed the relay. The fast path: the store hands over the rows of each commit, which are
 published at once without reading them back. The sweep: every `poll_seconds` the relay deletes
 what it published and reads rows older than `poll_seconds` that are still in the table (left by
 a crash, a failed publish or another replica), so nothing committed is ever lost.
@@ -12,21 +15,89 @@ a crash, a failed publish or another replica), so nothing committed is ever lost
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NotRequired, TypedDict
 
 from nats.js import JetStreamContext
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 
 from services.common import tracing
-from services.job_service.store import OutboxRow, Store
+from services.common.ids import uuid7
+from services.job_service.schema import outbox
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    id: uuid.UUID  # UUIDv7, unique across databases: it is the Nats-Msg-Id
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None = None  # trace context, published as NATS headers
+
+
+class OutboxValues(TypedDict):
+    """An outbox row queued in a transaction; its id is minted when it is inserted."""
+
+    id: NotRequired[uuid.UUID]
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None
+
+
+_SECOND: ColumnElement[dt.timedelta] = literal_column("interval '1 second'")
+_INSERT_OUTBOX = insert(outbox)  # built once: constructing a statement costs more than executing it
+
+
+def write_outbox(conn: Connection, rows: list[OutboxValues]) -> list[OutboxRow]:
+    """Inserts the rows a transaction queued, in that transaction."""
+    if not rows:
+        return []
+    # The ID is minted here, not by a database sequence: JetStream deduplicates on it, and a
+    # sequence restarts with a new database while the stream remembers the old IDs.
+    for row in rows:
+        row["id"] = uuid7()
+    conn.execute(_INSERT_OUTBOX, rows)
+    return [OutboxRow(r["id"], r["subject"], r["payload"], r["headers"]) for r in rows]
+
+
+def outbox_next(
+    engine: Engine, published: Sequence[uuid.UUID], limit: int, *, min_age_seconds: float = 0.0
+) -> list[OutboxRow]:
+    """Deletes the rows already published, then returns the oldest others that are at least
+    min_age_seconds old (younger ones are still with the relay of the process that wrote them),
+    in one transaction."""
+    with engine.begin() as conn:
+        if published:
+            conn.execute(delete(outbox).where(outbox.c.id.in_(published)))
+        if limit <= 0:
+            return []
+        rows = conn.execute(
+            select(outbox.c.id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+            .where(outbox.c.created_at <= func.statement_timestamp() - min_age_seconds * _SECOND)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        ).all()
+    return [OutboxRow(r.id, r.subject, r.payload, r.headers) for r in rows]
+
+
 class OutboxRelay:
-    def __init__(self, store: Store, js: JetStreamContext, *, batch: int, poll_seconds: float):
-        self._store = store
+    def __init__(self, engine: Engine, js: JetStreamContext, *, batch: int, poll_seconds: float):
+        self._engine = engine
         self._js = js
         self._batch = batch
         self._poll = poll_seconds
@@ -103,7 +174,7 @@ class OutboxRelay:
             done = self._take_done()
             try:
                 rows = await asyncio.to_thread(
-                    self._store.outbox_next, done, self._batch, min_age_seconds=min_age_seconds
+                    outbox_next, self._engine, done, self._batch, min_age_seconds=min_age_seconds
                 )
             except BaseException:
                 self._done = done + self._done  # delete them next time instead
@@ -114,7 +185,7 @@ class OutboxRelay:
 
     async def _delete_done(self) -> None:
         if self._done:
-            await asyncio.to_thread(self._store.outbox_next, self._take_done(), 0)
+            await asyncio.to_thread(outbox_next, self._engine, self._take_done(), 0)
 
     async def _publish(self, rows: list[OutboxRow], *, raise_on_failure: bool) -> None:
         if not rows:

@@ -1,4 +1,5 @@
-"""Mapping between database rows and media.v1 messages."""
+"""Mapping between database rows and media.v1 messages: jobs and outputs rows to and from
+messages, and a job's outbox rows (its dispatch and status event)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from media.v1 import job_pb2
-from services.common.lifecycle import ErrorCode, Kind, Status
+from media.v1 import events_pb2, job_pb2
+from services.common import jetstream, lifecycle
+from services.common.lifecycle import Emit, ErrorCode, Kind, Status
+from services.job_service.outbox import OutboxValues
 
 
 class JobRow(Protocol):
@@ -83,6 +86,21 @@ class OutputRow(Protocol):
     def sha256(self) -> str: ...
 
 
+# The columns of an outputs row that are fields of job_pb2.Output by the same name; besides them a
+# row has job_id and idx (the message's index), a message its url and url_expire_time (minted at
+# read time, never stored).
+OUTPUT_FIELDS = (
+    "bucket",
+    "key",
+    "content_type",
+    "byte_size",
+    "width",
+    "height",
+    "duration_seconds",
+    "sha256",
+)
+
+
 def digest(message: Message) -> bytes:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
 
@@ -119,32 +137,34 @@ def to_job(row: JobRow, outputs: Iterable[OutputRow] = ()) -> job_pb2.Job:
 
 
 def to_output(row: OutputRow) -> job_pb2.Output:
-    return job_pb2.Output(
-        index=row.idx,
-        bucket=row.bucket,
-        key=row.key,
-        content_type=row.content_type,
-        byte_size=row.byte_size,
-        width=row.width,
-        height=row.height,
-        duration_seconds=row.duration_seconds,
-        sha256=row.sha256,
-    )
+    return job_pb2.Output(index=row.idx, **{name: getattr(row, name) for name in OUTPUT_FIELDS})
 
 
 def output_rows(job_id: uuid.UUID, outputs: Sequence[job_pb2.Output]) -> list[dict[str, object]]:
     return [
-        {
-            "job_id": job_id,
-            "idx": o.index,
-            "bucket": o.bucket,
-            "key": o.key,
-            "content_type": o.content_type,
-            "byte_size": o.byte_size,
-            "width": o.width,
-            "height": o.height,
-            "duration_seconds": o.duration_seconds,
-            "sha256": o.sha256,
-        }
+        {"job_id": job_id, "idx": o.index, **{name: getattr(o, name) for name in OUTPUT_FIELDS}}
         for o in outputs
     ]
+
+
+def outbox_rows(
+    emit: Sequence[Emit],
+    job: job_pb2.Job,
+    params: job_pb2.ImageParams | job_pb2.VideoParams | None,
+    headers: dict[str, str] | None,
+) -> list[OutboxValues]:
+    """The outbox rows of what a transition emits: a dispatch (with the job's parameters) and the
+    job's status event."""
+    rows: list[OutboxValues] = []
+    for what in emit:
+        if what is Emit.DISPATCH:
+            assert params is not None, "a dispatch carries the job's parameters"
+            kind = lifecycle.kind_name(job.kind)
+            dispatch = events_pb2.JobDispatch(job_id=job.id, kind=job.kind)
+            getattr(dispatch, kind).CopyFrom(params)
+            subject, payload = jetstream.dispatch_subject(kind), dispatch.SerializeToString()
+        else:
+            subject = jetstream.event_subject(job.id)
+            payload = events_pb2.JobEvent(job=job).SerializeToString()
+        rows.append({"subject": subject, "payload": payload, "headers": headers})
+    return rows

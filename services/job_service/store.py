@@ -1,4 +1,4 @@
-"""All SQL of job_service. Every state change commits together with its outbox rows.
+"""Where job state is written. Every state change commits together with its outbox rows.
 
 A change locks the job's row, asks the lifecycle core (services/common/lifecycle.py) what the
 command does, and writes its answer: the new state, the outbox rows it emits, or nothing. A
@@ -14,31 +14,17 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from dataclasses import asdict, dataclass, fields
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    delete,
-    func,
-    insert,
-    literal_column,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from media.v1 import events_pb2, job_pb2, worker_service_pb2
-from services.common import jetstream, lifecycle, tracing
-from services.common.ids import uuid7
+from media.v1 import job_pb2, worker_service_pb2
+from services.common import lifecycle, tracing
 from services.common.lifecycle import (
     Cancel,
     Claim,
     Command,
-    Emit,
     FailFinal,
     FailRetryable,
     JobState,
@@ -50,8 +36,9 @@ from services.common.lifecycle import (
     Unchanged,
 )
 from services.job_service import metrics as job_metrics
-from services.job_service.records import JobRow, OutputRow, digest, output_rows, to_job
-from services.job_service.schema import ACTIVE_PREDICATE, jobs, outbox, outputs
+from services.job_service.outbox import OutboxRow, OutboxValues, write_outbox
+from services.job_service.records import JobRow, OutputRow, digest, outbox_rows, output_rows, to_job
+from services.job_service.schema import ACTIVE_PREDICATE, jobs, outputs
 
 # Every job starts the same way; asked once.
 _CREATED = lifecycle.create()
@@ -80,29 +67,12 @@ class Created:
     over_active_cap: bool = False
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: uuid.UUID  # UUIDv7, unique across databases: it is the Nats-Msg-Id
-    subject: str
-    payload: bytes
-    headers: dict[str, str] | None = None  # trace context, published as NATS headers
-
-
-class _OutboxValues(TypedDict):
-    """An outbox row queued in a transaction; its id is minted when it is inserted."""
-
-    id: NotRequired[uuid.UUID]
-    subject: str
-    payload: bytes
-    headers: dict[str, str] | None
-
-
 class _Tx:
     """One transaction and the outbox rows it queues; they are inserted just before commit."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.outbox: list[_OutboxValues] = []
+        self.outbox: list[OutboxValues] = []
 
 
 class Store:
@@ -126,7 +96,7 @@ class Store:
         with self.engine.begin() as conn:
             tx = _Tx(conn)
             yield tx
-            written = _write_outbox(conn, tx.outbox)
+            written = write_outbox(conn, tx.outbox)
         if written:
             self._on_commit(written)
 
@@ -169,7 +139,7 @@ class Store:
                     results.append(Created(job, False, existing.request_digest))
                     continue
                 job = to_job(row)
-                tx.outbox.extend(_emitted(_CREATED.emit, job, new.params, new.trace_headers))
+                tx.outbox.extend(outbox_rows(_CREATED.emit, job, new.params, new.trace_headers))
                 results.append(Created(job, True, new.request_digest))
         return results
 
@@ -274,29 +244,6 @@ class Store:
             command = FailFinal(request.attempt, failure.code, failure.message, result)
         return self._change(job_id, None, command)
 
-    # --- outbox --------------------------------------------------------------------------
-
-    def outbox_next(
-        self, published: Sequence[uuid.UUID], limit: int, *, min_age_seconds: float = 0.0
-    ) -> list[OutboxRow]:
-        """Deletes the rows already published, then returns the oldest others that are at least
-        min_age_seconds old (younger ones are still with the relay of the process that wrote
-        them), in one transaction."""
-        with self.engine.begin() as conn:
-            if published:
-                conn.execute(delete(outbox).where(outbox.c.id.in_(published)))
-            if limit <= 0:
-                return []
-            rows = conn.execute(
-                select(outbox.c.id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
-                .where(
-                    outbox.c.created_at <= func.statement_timestamp() - min_age_seconds * _SECOND
-                )
-                .order_by(outbox.c.id)
-                .limit(limit)
-            ).all()
-        return [OutboxRow(r.id, r.subject, r.payload, r.headers) for r in rows]
-
     # --- helpers -------------------------------------------------------------------------
 
     def _lock(self, conn: Connection, job_id: uuid.UUID, owner: str | None) -> JobRow:
@@ -341,16 +288,7 @@ class Store:
     ) -> job_pb2.Job:
         """Applies a transition, bumps the version and queues what it emits, in tx."""
         state = transition.state
-        values: dict[str, object] = {
-            "status": state.status,
-            "attempt": state.attempt,
-            "progress": state.progress,
-            "status_message": state.status_message,
-            "error_code": state.error_code,
-            "error_message": state.error_message,
-            "result_digest": state.result_digest,
-            **extra,
-        }
+        values: dict[str, object] = {**asdict(state), **extra}
         if state.status == lifecycle.RUNNING and row.started_at is None:
             values["started_at"] = _now()
         if transition.finished:
@@ -369,7 +307,7 @@ class Store:
         else:
             job = self._with_outputs(tx.conn, updated)
         # The calling RPC's trace context (asyncio.to_thread carries it into this thread).
-        tx.outbox.extend(_emitted(transition.emit, job, None, tracing.current_headers()))
+        tx.outbox.extend(outbox_rows(transition.emit, job, None, tracing.current_headers()))
         if state.status != row.status:
             # Counted before the commit: a failed commit (rare) counts a completion twice.
             job_metrics.job_finished(row.kind, state.status)
@@ -390,8 +328,6 @@ class Store:
         return found
 
 
-_SECOND: ColumnElement[dt.timedelta] = literal_column("interval '1 second'")
-
 # Built once: constructing a statement costs more than executing it.
 _INSERT_JOBS = (
     pg_insert(jobs)
@@ -401,7 +337,6 @@ _INSERT_JOBS = (
     )
     .returning(jobs)
 )
-_INSERT_OUTBOX = insert(outbox)
 _LOCK_OWNERS = text(
     "SELECT pg_advisory_xact_lock(hashtextextended('active-jobs:' || owner, 0)) "
     "FROM unnest(CAST(:owners AS text[])) WITH ORDINALITY AS o(owner, n) ORDER BY n"
@@ -410,17 +345,6 @@ _COUNT_ACTIVE = text(
     "SELECT owner, count(*) FROM jobs WHERE owner = ANY(CAST(:owners AS text[])) "
     f"AND {ACTIVE_PREDICATE} GROUP BY owner"
 )
-
-
-def _write_outbox(conn: Connection, rows: list[_OutboxValues]) -> list[OutboxRow]:
-    if not rows:
-        return []
-    # The ID is minted here, not by a database sequence: JetStream deduplicates on it, and a
-    # sequence restarts with a new database while the stream remembers the old IDs.
-    for row in rows:
-        row["id"] = uuid7()
-    conn.execute(_INSERT_OUTBOX, rows)
-    return [OutboxRow(r["id"], r["subject"], r["payload"], r["headers"]) for r in rows]
 
 
 def _job_values(new: NewJob) -> dict[str, object]:
@@ -437,38 +361,7 @@ def _job_values(new: NewJob) -> dict[str, object]:
 
 
 def _state(row: JobRow) -> JobState:
-    return JobState(
-        status=row.status,
-        attempt=row.attempt,
-        progress=row.progress,
-        status_message=row.status_message,
-        error_code=row.error_code,
-        error_message=row.error_message,
-        result_digest=row.result_digest,
-    )
-
-
-def _emitted(
-    emit: Sequence[Emit],
-    job: job_pb2.Job,
-    params: job_pb2.ImageParams | job_pb2.VideoParams | None,
-    headers: dict[str, str] | None,
-) -> list[_OutboxValues]:
-    """The outbox rows of what a transition emits: a dispatch (with the job's parameters) and the
-    job's status event."""
-    rows: list[_OutboxValues] = []
-    for what in emit:
-        if what is Emit.DISPATCH:
-            assert params is not None, "a dispatch carries the job's parameters"
-            kind = lifecycle.kind_name(job.kind)
-            dispatch = events_pb2.JobDispatch(job_id=job.id, kind=job.kind)
-            getattr(dispatch, kind).CopyFrom(params)
-            subject, payload = jetstream.dispatch_subject(kind), dispatch.SerializeToString()
-        else:
-            subject = jetstream.event_subject(job.id)
-            payload = events_pb2.JobEvent(job=job).SerializeToString()
-        rows.append({"subject": subject, "payload": payload, "headers": headers})
-    return rows
+    return JobState(**{f.name: getattr(row, f.name) for f in fields(JobState)})
 
 
 def _now() -> ColumnElement[dt.datetime]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import functools
 import io
 import uuid
-import warnings
 from collections.abc import Iterable
 from typing import Protocol
 
 from PIL import Image
 
 from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from services.common import keys
+from services.common import images, keys
 from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid
 from services.common.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
@@ -25,8 +24,6 @@ DEFAULT_VIDEO_SECONDS = 8  # or Limits.max_video_seconds when that is lower
 MAX_OUTPUTS = 4
 _MAX_DURATION_SECONDS = 24 * 3600.0  # of an output; also rules out NaN and infinity
 MAX_REQUEST_ID_CHARS = 128
-MAX_INPUT_IMAGE_PIXELS = 50_000_000
-_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 Violations = list[tuple[str, str]]
 
@@ -144,28 +141,32 @@ def _input_image(img: job_pb2.InputImage, field: str, limits: Limits, bad: Viola
             )
         )
         return
-    fmt = sniff_image(img.data)
-    if fmt is None:
+    header = images.read_header(img.data)
+    if header is None:
         bad.append((f"{field}.data", "is not a PNG, JPEG or WEBP image"))
         return
-    if img.mime_type and img.mime_type != _IMAGE_MIME[fmt]:
-        bad.append((f"{field}.mime_type", f"is {img.mime_type} but the data is {_IMAGE_MIME[fmt]}"))
-    img.mime_type = _IMAGE_MIME[fmt]
+    too_large = header.too_large()
+    if too_large is not None:
+        bad.append((f"{field}.data", too_large))
+        return
+    if not _decodes(img.data):
+        bad.append((f"{field}.data", f"is not a complete {header.content_type} image"))
+        return
+    if img.mime_type and img.mime_type != header.content_type:
+        bad.append(
+            (f"{field}.mime_type", f"is {img.mime_type} but the data is {header.content_type}")
+        )
+    img.mime_type = header.content_type
 
 
-def sniff_image(data: bytes) -> str | None:
-    """PNG, JPEG or WEBP when the bytes decode as one of them, else None."""
+def _decodes(data: bytes) -> bool:
+    """Whether the image's data holds together (its size was checked first, from the header)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(_IMAGE_MIME)) as image:
-                if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
-                    return None
-                fmt = image.format
-                image.verify()
-    except Exception:
-        return None
-    return fmt if fmt in _IMAGE_MIME else None
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception:  # Pillow raises many kinds for a broken image
+        return False
+    return True
 
 
 def list_request(request: job_service_pb2.ListJobsRequest, limits: Limits) -> int:
@@ -181,13 +182,22 @@ def list_request(request: job_service_pb2.ListJobsRequest, limits: Limits) -> in
     return min(request.page_size or 20, limits.max_page_size)
 
 
-def progress_request(request: worker_service_pb2.ReportProgressRequest) -> uuid.UUID:
-    bad: Violations = []
+def _attempt_of(
+    request: worker_service_pb2.ReportProgressRequest | worker_service_pb2.CompleteJobRequest,
+    bad: Violations,
+) -> uuid.UUID | None:
+    """Checks what every report of a worker on its attempt carries; the job ID when it is one."""
     parsed = parse_uuid(request.job_id)
     if parsed is None:
         bad.append(("job_id", "must be a job ID"))
     if request.attempt <= 0:
         bad.append(("attempt", "must be the attempt number ClaimJob returned"))
+    return parsed
+
+
+def progress_request(request: worker_service_pb2.ReportProgressRequest) -> uuid.UUID:
+    bad: Violations = []
+    parsed = _attempt_of(request, bad)
     if not 0 <= request.progress <= 100:
         bad.append(("progress", "must be between 0 and 100"))
     if len(request.message) > 500 or "\x00" in request.message:
@@ -200,11 +210,7 @@ def progress_request(request: worker_service_pb2.ReportProgressRequest) -> uuid.
 
 def complete_request(request: worker_service_pb2.CompleteJobRequest) -> uuid.UUID:
     bad: Violations = []
-    parsed = parse_uuid(request.job_id)
-    if parsed is None:
-        bad.append(("job_id", "must be a job ID"))
-    if request.attempt <= 0:
-        bad.append(("attempt", "must be the attempt number the claim returned"))
+    parsed = _attempt_of(request, bad)
     which = request.WhichOneof("result")
     if which == "success":
         s = request.success

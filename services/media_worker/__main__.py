@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from services.common.config import LogSettings, SettingsError
+from services.common.config import LogSettings, load_or_exit
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
@@ -22,12 +22,8 @@ log = logging.getLogger("services.media_worker")
 
 
 async def main() -> int:
-    try:
-        settings = WorkerSettings.from_env()
-        worker = MediaWorker(settings)
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
-        return 2
+    settings = load_or_exit(WorkerSettings.from_env, log)
+    worker = load_or_exit(lambda: MediaWorker(settings), log)  # its generator reads settings too
     setup_tracing("media_worker", settings.server.tracing)
     install_blocking_pool(settings.server.blocking_threads)
     # Handlers go in first so a SIGTERM during start-up is a clean stop, not a kill.

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from media.v1 import events_pb2, job_pb2
-from services.common import lifecycle, tracing
-from services.common.images import sniff_image_type
+from services.common import images, lifecycle, tracing
 from services.media_worker import metrics as worker_metrics
 from services.media_worker.generators.base import (
     GenerationContext,
@@ -153,13 +152,24 @@ class Production:
         params = dispatch.image if which == "image" else dispatch.video
         image = params.input_image
         if image.data:  # inline bytes (job_service normally stores them and sends a key)
-            return image.data, image.mime_type or sniff_image_type(image.data)
-        if not image.key:
+            data, stored_type = image.data, ""
+        elif image.key:
+            data, stored_type = await self._storage.download_input(
+                dispatch.job_id,
+                image.bucket or self._storage.bucket,
+                image.key,
+                self._max_input_image_bytes,
+            )
+        else:
             return None, ""
-        data, stored_type = await self._storage.download_input(
-            dispatch.job_id,
-            image.bucket or self._storage.bucket,
-            image.key,
-            self._max_input_image_bytes,
-        )
-        return data, image.mime_type or stored_type or sniff_image_type(data)
+        # Checked again here, from the header, whatever job_service checked: the stored object
+        # is what gets decoded.
+        header = images.read_header(data)
+        if header is None:
+            raise InputImageError(
+                "the input image is not a PNG, JPEG or WEBP image", permanent=True
+            )
+        too_large = header.too_large()
+        if too_large is not None:
+            raise InputImageError(f"the input image {too_large}", permanent=True)
+        return data, image.mime_type or stored_type or header.content_type

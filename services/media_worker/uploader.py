@@ -8,6 +8,7 @@ switches to multipart above the threshold, so a large video is never read into m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Container
 from pathlib import Path
@@ -19,6 +20,7 @@ from botocore.exceptions import ClientError
 from media.v1 import job_pb2
 from services.common import keys
 from services.common.backoff import backoff_delay
+from services.common.tasks import gather_all
 from services.media_worker.generators.base import GeneratedFile
 from services.media_worker.media_probe import MediaInfo, probe_file
 
@@ -29,6 +31,13 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_RETRY_BASE_SECONDS = 0.5
+_RETRY_CAP_SECONDS = 8.0
+_TRANSFER = TransferConfig(
+    multipart_threshold=16 * 1024 * 1024,
+    multipart_chunksize=16 * 1024 * 1024,
+    max_concurrency=4,
+)
 
 
 class UploadError(Exception):
@@ -60,26 +69,10 @@ def _permanent(exc: Exception) -> bool:
 
 
 class Storage:
-    def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        *,
-        attempts: int,
-        base_delay_seconds: float = 0.5,
-        max_delay_seconds: float = 8.0,
-        transfer_config: TransferConfig | None = None,
-    ) -> None:
+    def __init__(self, client: S3Client, bucket: str, *, attempts: int) -> None:
         self._client = client
         self._bucket = bucket
         self._attempts = attempts
-        self._base = base_delay_seconds
-        self._cap = max_delay_seconds
-        self._transfer = transfer_config or TransferConfig(
-            multipart_threshold=16 * 1024 * 1024,
-            multipart_chunksize=16 * 1024 * 1024,
-            max_concurrency=4,
-        )
 
     @property
     def bucket(self) -> str:
@@ -92,7 +85,7 @@ class Storage:
             except Exception as exc:
                 if attempt == self._attempts or _permanent(exc):
                     raise
-                delay = backoff_delay(attempt, self._base, self._cap)
+                delay = backoff_delay(attempt, _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS)
                 log.warning(
                     "%s failed (attempt %d of %d), retrying in %.2f s: %s",
                     what,
@@ -117,7 +110,7 @@ class Storage:
                 self._bucket,
                 key,
                 ExtraArgs={"ContentType": info.content_type},
-                Config=self._transfer,
+                Config=_TRANSFER,
             )
 
         try:
@@ -128,17 +121,8 @@ class Storage:
             "output stored",
             extra={"job_id": job_id, "key": key, "bytes": info.byte_size},
         )
-        return job_pb2.Output(
-            index=index,
-            bucket=self._bucket,
-            key=key,
-            content_type=info.content_type,
-            byte_size=info.byte_size,
-            width=info.width,
-            height=info.height,
-            duration_seconds=info.duration_seconds,
-            sha256=info.sha256,
-        )
+        # MediaInfo's fields are the rest of what an Output stores (its URL is minted at read time).
+        return job_pb2.Output(index=index, bucket=self._bucket, key=key, **dataclasses.asdict(info))
 
     async def store_outputs(
         self, job_id: str, attempt: int, files: list[GeneratedFile]
@@ -150,18 +134,11 @@ class Storage:
         infos = await asyncio.gather(
             *(asyncio.to_thread(probe_file, f.path, f.content_type) for f in files)
         )
-        tasks = [
-            asyncio.create_task(self.upload_one(job_id, attempt, index, f.path, info))
+        # One failed (or we were cancelled): the rest stop and the first error is raised as is.
+        return await gather_all(
+            self.upload_one(job_id, attempt, index, f.path, info)
             for index, (f, info) in enumerate(zip(files, infos, strict=True))
-        ]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            # One failed (or we were cancelled): stop the rest and raise the first error as is.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        )
 
     async def discard_outputs(self, job_id: str, attempts: Container[int], why: str) -> int:
         """Deletes the job's output objects of the attempts in `attempts`; the number deleted.

@@ -1,4 +1,4 @@
-"""What the CLI decides on its own when it turns command-line values into media.v1 requests: the
+"""Command-line values -> media.v1 requests, and what the CLI decides on its own on the way: the
 spellings of enum values, request IDs and the type of an input image.
 
 Limits (counts, sizes, durations) are left to job_service, the one place that validates them, so
@@ -7,6 +7,7 @@ the CLI never disagrees with the server.
 
 from __future__ import annotations
 
+import argparse
 import io
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from google.protobuf.descriptor import EnumDescriptor
 from PIL import Image, UnidentifiedImageError
 
-from media.v1 import job_pb2
+from media.v1 import job_pb2, job_service_pb2
 from services.common import lifecycle
 
 
@@ -69,3 +70,44 @@ def read_input_image(path: str) -> job_pb2.InputImage:
         raise InputError(f"--input-image: {path}: no MIME type known for format {image_format}")
     # The server decides which types it accepts, and names the field if it refuses this one.
     return job_pb2.InputImage(data=data, mime_type=mime_type)
+
+
+def create_request(args: argparse.Namespace) -> job_service_pb2.CreateJobRequest:
+    """The CreateJobRequest that `create image|video` arguments describe. Limits (counts, sizes,
+    durations) are left to job_service, the one place that checks them."""
+    params: job_pb2.ImageParams | job_pb2.VideoParams
+    if args.kind == "image":
+        request = job_service_pb2.CreateJobRequest(
+            image=job_pb2.ImageParams(
+                size=args.size,
+                format=args.format,
+                number_of_images=args.count,
+                style=args.style,
+                quality=args.quality,
+            )
+        )
+        params = request.image
+    else:
+        request = job_service_pb2.CreateJobRequest(
+            video=job_pb2.VideoParams(
+                negative_prompt=args.negative_prompt,
+                aspect_ratio=args.aspect_ratio,
+                duration_seconds=args.duration,
+                number_of_videos=args.count,
+                person_generation=args.person_generation,
+            )
+        )
+        params = request.video
+    # What both kinds share.
+    request.request_id = args.request_id or new_request_id()
+    params.prompt = args.prompt
+    params.model = args.model
+    if args.input_image:
+        params.input_image.CopyFrom(read_input_image(args.input_image))
+    return request
+
+
+def list_request(args: argparse.Namespace) -> job_service_pb2.ListJobsRequest:
+    return job_service_pb2.ListJobsRequest(
+        page_size=args.page_size, page_token=args.page_token, kind=args.kind, status=args.status
+    )

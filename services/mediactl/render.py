@@ -1,11 +1,13 @@
-"""Human-readable output: job details, the job table, and the live watch display.
+"""Human-readable output: job details, the job table, the live watch display, and lines on stderr.
 
-Everything except `WatchDisplay` is a pure function returning text, so it can be tested as is.
+Everything except `WatchDisplay` and `err` is a pure function returning text, so it can be tested
+as is.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from datetime import UTC
 from typing import TextIO
 
@@ -17,6 +19,12 @@ from media.v1 import job_pb2
 from services.common.lifecycle import FAILED, kind_name, status_name
 
 BAR_WIDTH = 10
+
+
+def err(*lines: str) -> None:
+    """Notes, warnings and errors: on stderr, apart from the output a script reads."""
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def to_json(message: Message, *, compact: bool = False) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from nats.aio.client import Client
 
 from media.v1 import notifier_service_pb2_grpc
 from services.common import jetstream
-from services.common.config import LogSettings, SettingsError
+from services.common.config import LogSettings, load_or_exit
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
@@ -68,11 +67,7 @@ async def _connected(nc: Client) -> bool:
 
 def main() -> None:
     configure_logging("notifier", LogSettings.from_env().level)
-    try:
-        settings = NotifierSettings.from_env()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
-        sys.exit(2)
+    settings = load_or_exit(NotifierSettings.from_env, log)
     setup_tracing("notifier", settings.server.tracing)
     asyncio.run(serve(settings))
 

@@ -17,8 +17,8 @@ from services.common.ids import uuid7
 from services.common.lifecycle import Reason, Refused
 from services.job_service import migrate
 from services.job_service.database import make_engine
-from services.job_service.outbox import OutboxRelay
-from services.job_service.store import NewJob, OutboxRow, Store
+from services.job_service.outbox import OutboxRelay, OutboxRow, outbox_next
+from services.job_service.store import NewJob, Store
 
 pytestmark = pytest.mark.integration
 
@@ -90,11 +90,11 @@ async def test_rows_committed_by_a_dead_process_are_published_by_the_sweep(engin
     [created] = await asyncio.to_thread(store.create_jobs, [new_job("outbox-a")])
     assert created.created and len(lost.rows) == 2  # dispatch + first status event
     # Nothing was published: the writer "died". Another relay's sweep finds the rows.
-    relay = OutboxRelay(store, js, batch=100, poll_seconds=0.01)
+    relay = OutboxRelay(engine, js, batch=100, poll_seconds=0.01)
     await relay.drain()
     events = await events_of(js, created.job.id)
     assert [e.job.status for e in events] == [job_pb2.JOB_STATUS_QUEUED]
-    remaining = await asyncio.to_thread(store.outbox_next, [], 1000)
+    remaining = await asyncio.to_thread(outbox_next, engine, [], 1000)
     assert all(r.id not in {x.id for x in lost.rows} for r in remaining)
 
 
@@ -102,7 +102,7 @@ async def test_a_row_published_twice_is_stored_once(engine, js) -> None:
     lost = Lost()
     store = Store(engine, max_attempts=3, on_commit=lost)
     [created] = await asyncio.to_thread(store.create_jobs, [new_job("outbox-b")])
-    relay = OutboxRelay(store, js, batch=100, poll_seconds=0.01)
+    relay = OutboxRelay(engine, js, batch=100, poll_seconds=0.01)
     event_row = next(r for r in lost.rows if r.subject.startswith("media.events."))
     # The fast path published it, then the process crashed before deleting it; the sweep of
     # another replica publishes it again.

@@ -24,7 +24,8 @@ from media.v1 import (
 from services.common.auth import TokenVerifier
 from services.common.config import AuthSettings
 from services.common.errors import invalid_argument
-from services.mediactl import main as cli
+from services.mediactl import exit_codes
+from services.mediactl.main import main
 from services.mediactl.watch import Backoff, WatchError, watch_job
 
 TOKEN = "test-token"
@@ -184,8 +185,8 @@ def env(fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> Fakes:
 
 
 def test_create_image_sends_the_request_with_the_token(env: Fakes, capsys) -> None:
-    code = cli.main(["create", "image", "--prompt", "a red fox", "--count", "2"])
-    assert code == cli.EXIT_OK
+    code = main(["create", "image", "--prompt", "a red fox", "--count", "2"])
+    assert code == exit_codes.EXIT_OK
     assert capsys.readouterr().out == f"created job {JOB_ID}  (image, QUEUED)\n"
     (request,) = env.jobs.requests
     assert request.image.prompt == "a red fox"
@@ -194,14 +195,14 @@ def test_create_image_sends_the_request_with_the_token(env: Fakes, capsys) -> No
 
 
 def test_create_with_a_known_request_id_says_so(env: Fakes, capsys) -> None:
-    code = cli.main(["create", "image", "--prompt", "p", "--request-id", "seen"])
-    assert code == cli.EXIT_OK
+    code = main(["create", "image", "--prompt", "p", "--request-id", "seen"])
+    assert code == exit_codes.EXIT_OK
     assert "already exists for request id seen" in capsys.readouterr().out
 
 
 def test_invalid_argument_prints_code_message_and_each_field(env: Fakes, capsys) -> None:
-    code = cli.main(["create", "image", "--prompt", "bad"])
-    assert code == cli.EXIT_RPC_ERROR
+    code = main(["create", "image", "--prompt", "bad"])
+    assert code == exit_codes.EXIT_RPC_ERROR
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: INVALID_ARGUMENT: ")
     assert "  image.prompt: must not be only spaces" in err
@@ -212,14 +213,14 @@ def test_invalid_argument_prints_code_message_and_each_field(env: Fakes, capsys)
 def test_flags_override_the_environment(env: Fakes, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MEDIA_TOKEN", "wrong")
     monkeypatch.setenv("JOB_SERVICE_ADDR", "127.0.0.1:1")
-    code = cli.main(["get", JOB_ID, "--addr", env.job_addr, "--token", TOKEN])
-    assert code == cli.EXIT_OK
+    code = main(["get", JOB_ID, "--addr", env.job_addr, "--token", TOKEN])
+    assert code == exit_codes.EXIT_OK
     assert f"job:       {JOB_ID}" in capsys.readouterr().out
 
 
 def test_wrong_token_is_an_rpc_error(env: Fakes, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MEDIA_TOKEN", "wrong")
-    assert cli.main(["get", JOB_ID]) == cli.EXIT_RPC_ERROR
+    assert main(["get", JOB_ID]) == exit_codes.EXIT_RPC_ERROR
     assert capsys.readouterr().err == "error: UNAUTHENTICATED: missing token\n"
 
 
@@ -236,31 +237,31 @@ def test_missing_settings_are_clear_errors(
     env: Fakes, monkeypatch, capsys, unset: str, argv: list[str], message: str
 ) -> None:
     monkeypatch.delenv(unset)
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert main(argv) == exit_codes.EXIT_USAGE
     assert message in capsys.readouterr().err
     assert env.jobs.requests == []  # --watch without a notifier creates nothing
 
 
 def test_malformed_settings_are_usage_errors(env: Fakes, monkeypatch, capsys) -> None:
     monkeypatch.setenv("GRPC_MAX_MESSAGE_BYTES", "lots")
-    assert cli.main(["get", JOB_ID]) == cli.EXIT_USAGE
+    assert main(["get", JOB_ID]) == exit_codes.EXIT_USAGE
     assert "GRPC_MAX_MESSAGE_BYTES must be an integer" in capsys.readouterr().err
 
 
 def test_get_json(env: Fakes, capsys) -> None:
-    assert cli.main(["get", JOB_ID, "--json"]) == cli.EXIT_OK
+    assert main(["get", JOB_ID, "--json"]) == exit_codes.EXIT_OK
     parsed = json.loads(capsys.readouterr().out)
     assert parsed["job"]["status"] == "JOB_STATUS_SUCCEEDED"
     assert parsed["job"]["outputs"][0]["url"] == URL
 
 
 def test_get_unknown_job(env: Fakes, capsys) -> None:
-    assert cli.main(["get", "nope"]) == cli.EXIT_RPC_ERROR
+    assert main(["get", "nope"]) == exit_codes.EXIT_RPC_ERROR
     assert capsys.readouterr().err == "error: NOT_FOUND: job not found\n"
 
 
 def test_list_one_page_prints_the_next_token(env: Fakes, capsys) -> None:
-    assert cli.main(["list", "--kind", "image", "--status", "queued"]) == cli.EXIT_OK
+    assert main(["list", "--kind", "image", "--status", "queued"]) == exit_codes.EXIT_OK
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out[1:3]] == ["job-3", "job-2"]
     assert out[-1] == "next page token: 2"
@@ -270,7 +271,7 @@ def test_list_one_page_prints_the_next_token(env: Fakes, capsys) -> None:
 
 
 def test_list_all_follows_tokens(env: Fakes, capsys) -> None:
-    assert cli.main(["list", "--all", "--json"]) == cli.EXIT_OK
+    assert main(["list", "--all", "--json"]) == exit_codes.EXIT_OK
     parsed = json.loads(capsys.readouterr().out)
     assert [job["id"] for job in parsed["jobs"]] == ["job-3", "job-2", "job-1"]
     assert parsed["nextPageToken"] == ""
@@ -278,13 +279,13 @@ def test_list_all_follows_tokens(env: Fakes, capsys) -> None:
 
 
 def test_cancel(env: Fakes, capsys) -> None:
-    assert cli.main(["cancel", JOB_ID]) == cli.EXIT_OK
+    assert main(["cancel", JOB_ID]) == exit_codes.EXIT_OK
     assert capsys.readouterr().out == f"{JOB_ID}  image  CANCELED  0%\n"
 
 
 def test_watch_succeeded_prints_each_status_then_the_job_with_urls(env: Fakes, capsys) -> None:
     env.notifier.scripts.append(([QUEUED, RUNNING, HALF, SUCCEEDED], False))
-    assert cli.main(["watch", JOB_ID]) == cli.EXIT_OK
+    assert main(["watch", JOB_ID]) == exit_codes.EXIT_OK
     out = capsys.readouterr().out.splitlines()
     # Not a terminal (captured): one line per status change, no bar.
     assert out[:3] == [
@@ -298,7 +299,7 @@ def test_watch_succeeded_prints_each_status_then_the_job_with_urls(env: Fakes, c
 
 def test_watch_failed_exits_1_with_the_error(env: Fakes, capsys) -> None:
     env.notifier.scripts.append(([RUNNING, FAILED], False))
-    assert cli.main(["watch", JOB_ID]) == cli.EXIT_JOB_FAILED
+    assert main(["watch", JOB_ID]) == exit_codes.EXIT_JOB_FAILED
     captured = capsys.readouterr()
     assert "job failed: GENERATION_FAILED: boom" in captured.err
     assert "error:     GENERATION_FAILED: boom" in captured.out
@@ -306,13 +307,13 @@ def test_watch_failed_exits_1_with_the_error(env: Fakes, capsys) -> None:
 
 def test_watch_canceled_exits_2(env: Fakes, capsys) -> None:
     env.notifier.scripts.append(([QUEUED, CANCELED], False))
-    assert cli.main(["watch", JOB_ID]) == cli.EXIT_JOB_CANCELED
+    assert main(["watch", JOB_ID]) == exit_codes.EXIT_JOB_CANCELED
 
 
 def test_watch_reconnects_after_unavailable_without_repeating(env: Fakes, capsys) -> None:
     env.notifier.scripts.append(([QUEUED, RUNNING], True))
     env.notifier.scripts.append(([RUNNING, HALF, SUCCEEDED], False))  # replays RUNNING first
-    assert cli.main(["watch", JOB_ID, "--json"]) == cli.EXIT_OK
+    assert main(["watch", JOB_ID, "--json"]) == exit_codes.EXIT_OK
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [line["job"]["version"] for line in lines] == ["1", "2", "3", "4", "4"]
@@ -322,13 +323,13 @@ def test_watch_reconnects_after_unavailable_without_repeating(env: Fakes, capsys
 
 
 def test_watch_unknown_job_is_an_rpc_error(env: Fakes, capsys) -> None:
-    assert cli.main(["watch", "other-users-job"]) == cli.EXIT_RPC_ERROR
+    assert main(["watch", "other-users-job"]) == exit_codes.EXIT_RPC_ERROR
     assert capsys.readouterr().err == "error: NOT_FOUND: job not found\n"
 
 
 def test_create_then_watch(env: Fakes, capsys) -> None:
     env.notifier.scripts.append(([QUEUED, RUNNING, SUCCEEDED], False))
-    assert cli.main(["create", "image", "--prompt", "p", "--watch"]) == cli.EXIT_OK
+    assert main(["create", "image", "--prompt", "p", "--watch"]) == exit_codes.EXIT_OK
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"created job {JOB_ID}  (image, QUEUED)"
     assert out[1] == "QUEUED      0%"
@@ -357,7 +358,7 @@ def test_token_mints_a_token_the_services_accept(monkeypatch, capsys) -> None:
     secret = "s" * 40
     monkeypatch.setenv("MY_SECRET", secret)
     argv = ["token", "--secret-env", "MY_SECRET", "--subject", "alice", "--ttl", "60"]
-    assert cli.main(argv) == cli.EXIT_OK
+    assert main(argv) == exit_codes.EXIT_OK
     token = capsys.readouterr().out.strip()
     identity = TokenVerifier(AuthSettings(jwt_secret=secret, audience="media", issuer="")).verify(
         token
@@ -368,7 +369,7 @@ def test_token_mints_a_token_the_services_accept(monkeypatch, capsys) -> None:
 
 def test_token_without_a_secret(monkeypatch, capsys) -> None:
     monkeypatch.delenv("AUTH_JWT_SECRET", raising=False)
-    assert cli.main(["token", "--subject", "alice"]) == cli.EXIT_USAGE
+    assert main(["token", "--subject", "alice"]) == exit_codes.EXIT_USAGE
     assert "AUTH_JWT_SECRET must hold the signing secret" in capsys.readouterr().err
 
 

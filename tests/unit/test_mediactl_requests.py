@@ -10,7 +10,10 @@ from PIL import Image
 
 from media.v1 import job_pb2
 from services.mediactl import build
-from services.mediactl.main import EXIT_USAGE, build_parser, create_request, list_request, main
+from services.mediactl.build import create_request, list_request
+from services.mediactl.exit_codes import EXIT_USAGE
+from services.mediactl.main import main
+from services.mediactl.parser import build_parser
 
 
 def _request(*argv: str):

@@ -1,0 +1,160 @@
+"""mediactl's command line: the argparse parser, with the handler each command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from typing import NoReturn
+
+from services.mediactl import build
+from services.mediactl.commands import (
+    Handler,
+    cmd_cancel,
+    cmd_create,
+    cmd_get,
+    cmd_list,
+    cmd_token,
+    cmd_watch,
+)
+from services.mediactl.exit_codes import EXIT_USAGE
+from services.mediactl.settings import SECRET_ENV
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _choice(choices: Mapping[str, int]) -> Callable[[str], int]:
+    """An argparse type: the enum number of any spelling build.normalize_choice accepts (the flag
+    left off gives 0, UNSPECIFIED: the server's default)."""
+
+    def parse(text: str) -> int:
+        key = text if text in choices else build.normalize_choice(text)
+        if key not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return choices[key]
+
+    return parse
+
+
+def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Mapping[str, int]) -> None:
+    parser.add_argument(flag, type=_choice(choices), default=0, metavar="|".join(choices))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Connection options are accepted before or after the command; SUPPRESS keeps a subcommand
+    # from overwriting a value given before it.
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument(
+        "--addr", default=argparse.SUPPRESS, help="job service host:port (env JOB_SERVICE_ADDR)"
+    )
+    group.add_argument(
+        "--notifier-addr", default=argparse.SUPPRESS, help="notifier host:port (env NOTIFIER_ADDR)"
+    )
+    group.add_argument("--token", default=argparse.SUPPRESS, help="bearer JWT (env MEDIA_TOKEN)")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"deadline of each unary call in seconds (default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="connect with TLS (env TLS_ENABLED; TLS_CA_FILE, TLS_CLIENT_CERT_FILE and "
+        "TLS_CLIENT_KEY_FILE choose the roots and the client certificate)",
+    )
+
+    parser = _Parser(
+        prog="mediactl", description="Create and follow image and video jobs.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        sub: argparse._SubParsersAction[_Parser], name: str, handler: Handler, help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print the response as JSON")
+
+    create = commands.add_parser(
+        "create", parents=[common], help="create an image or video job", description="create a job"
+    )
+    kinds = create.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    image = command(kinds, "image", cmd_create, "create an image job")
+    image.add_argument("--prompt", required=True)
+    image.add_argument("--size", default="", help="WIDTHxHEIGHT (server default 1024x1024)")
+    _add_choice(image, "--format", build.IMAGE_FORMATS)
+    image.add_argument("--count", type=int, default=0, help="number of images, 1-4 (default 1)")
+    _add_choice(image, "--style", build.IMAGE_STYLES)
+    _add_choice(image, "--quality", build.IMAGE_QUALITIES)
+
+    video = command(kinds, "video", cmd_create, "create a video job")
+    video.add_argument("--prompt", required=True)
+    video.add_argument("--negative-prompt", default="")
+    _add_choice(video, "--aspect-ratio", build.ASPECT_RATIOS)
+    video.add_argument("--duration", type=int, default=0, help="seconds, 4-8 (default 8)")
+    video.add_argument("--count", type=int, default=0, help="number of videos, 1-4 (default 1)")
+    _add_choice(video, "--person-generation", build.PERSON_GENERATIONS)
+
+    for p in (image, video):
+        p.add_argument("--model", default="", help="model name (default: the worker's)")
+        p.add_argument(
+            "--input-image", metavar="FILE", help="a PNG, JPEG or WEBP image to start from"
+        )
+        p.add_argument(
+            "--request-id",
+            default="",
+            help="idempotency key; reuse it to retry without a second job (default: random)",
+        )
+        p.add_argument("--watch", action="store_true", help="then watch the job to its end")
+        json_flag(p)
+
+    get = command(commands, "get", cmd_get, "show a job and its outputs")
+    get.add_argument("job_id", metavar="JOB_ID")
+    json_flag(get)
+
+    list_ = command(commands, "list", cmd_list, "list your jobs, newest first")
+    list_.add_argument("--page-size", type=int, default=0, help="1-100 (default 20)")
+    list_.add_argument("--page-token", default="", help="from the previous page")
+    list_.add_argument("--all", action="store_true", help="follow page tokens to the last page")
+    _add_choice(list_, "--kind", build.KINDS)
+    _add_choice(list_, "--status", build.STATUSES)
+    json_flag(list_)
+
+    watch = command(
+        commands, "watch", cmd_watch, "follow a job live; exit 0 SUCCEEDED, 1 FAILED, 2 CANCELED"
+    )
+    watch.add_argument("job_id", metavar="JOB_ID")
+    watch.add_argument("--json", action="store_true", help="print each state as one JSON line")
+
+    cancel = command(commands, "cancel", cmd_cancel, "cancel a queued or running job")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    json_flag(cancel)
+
+    token = command(commands, "token", cmd_token, "mint a bearer token for local use")
+    token.add_argument(
+        "--secret-env",
+        default=SECRET_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the HS256 secret (default {SECRET_ENV})",
+    )
+    token.add_argument("--subject", required=True, help="the user the token names")
+    token.add_argument(
+        "--ttl", type=int, default=24 * 3600, help="lifetime in seconds (default 1 day)"
+    )
+    # Left off: the settings' values (the environment is read in one place, mediactl.settings).
+    token.add_argument("--audience", help="(env AUTH_AUDIENCE, default media)")
+    token.add_argument("--issuer", help="(env AUTH_ISSUER)")
+    return parser
