@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install proto proto-check lint typecheck format test test-unit run up down bench soak clean
+.PHONY: install proto proto-check lint typecheck format test test-unit run up down bench bench-attacks soak clean
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ down: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# The hardening review's attacks, measured (memory, answer times); not part of `bench`.
+bench-attacks: $(STAMP)
+	$(PY) -m bench.attacks
 
 # Load with faults (not part of `test`): SOAK_JOBS jobs over SOAK_SECONDS while workers are killed
 # and nats-server restarts; fails unless every job ends once with its outputs recorded once.

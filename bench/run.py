@@ -222,7 +222,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from devstack import bench_stack
+    from devstack.services import USER_LIMITS_OFF
 
+    # One user creates hundreds of jobs in seconds: per-user limits off in a stack started here
+    # (it inherits this environment; one already up keeps the settings it was started with).
+    os.environ.update(USER_LIMITS_OFF)
     with ExitStack() as stack:
         addrs = bench_stack(stack)
         bare_addr = start_bare_server(stack)

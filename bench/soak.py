@@ -40,7 +40,7 @@ from nats.js.api import DeliverPolicy
 from sqlalchemy import create_engine, text
 
 from devstack.deps import Dependencies, start_dependencies
-from devstack.services import Services, start_services
+from devstack.services import USER_LIMITS_OFF, Services, start_services
 from devstack.state import default_run_dir
 from media.v1 import (
     events_pb2,
@@ -72,6 +72,8 @@ STACK_ENV = {
     "RETRY_BASE_DELAY_SECONDS": "1",
     "RETRY_MAX_DELAY_SECONDS": "10",
     "LOG_LEVEL": "INFO",  # the chaos finds busy workers by their "job claimed" lines
+    # One user submits every job (2000 over 240 s by default): per-user limits off.
+    **USER_LIMITS_OFF,
 }
 
 
@@ -401,7 +403,7 @@ async def check_events(deps: Dependencies, versions: dict[str, int]) -> tuple[in
         info = await js.stream_info(jetstream.EVENTS_STREAM)
         last = info.state.last_seq
         sub = await js.subscribe(
-            jetstream.event_subject("*"),
+            jetstream.ALL_EVENTS,
             stream=jetstream.EVENTS_STREAM,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,

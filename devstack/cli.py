@@ -5,7 +5,8 @@ up    starts everything in the background (a detached supervisor owns the proces
       .run/env (`export KEY=VALUE` lines: JOB_SERVICE_ADDR, NOTIFIER_ADDR, MEDIA_TOKEN, ...) and
       returns once every service is healthy. Reuses a stack that is already up.
 down  stops the background stack; succeeds when nothing runs.
-run   starts everything in the foreground, runs the demo through mediactl, stops everything.
+run   starts everything in the foreground, runs the demo through mediactl (outputs saved in
+      .run/outputs/), stops everything.
 env   prints .run/env.
 """
 
@@ -316,14 +317,14 @@ def run_foreground(run: RunDir, *, workers: int = 1) -> int:
             return 1
         log.info("using the stack that `up` started (pid %d); it keeps running afterwards", pid)
         try:
-            return run_demo(env)
+            return run_demo(env, run.path / "outputs")
         except KeyboardInterrupt:
             return 130
     stack = None
     _terminate_on_signals()
     try:
         stack = start_stack(run, workers=workers)
-        return run_demo(stack.client_env())
+        return run_demo(stack.client_env(), run.path / "outputs")
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130

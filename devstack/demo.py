@@ -1,5 +1,10 @@
 """The `make run` demo: one image job and one video job through the mediactl CLI, with its live
-progress passed through to this terminal, then each job's presigned URLs."""
+progress passed through to this terminal; their outputs are saved under the run directory by
+mediactl's own download code (`create --watch -o DIR`), and the files are listed at the end.
+
+Files, not presigned URLs: the URLs point at the local S3, which stops with the demo. Each job is
+shown once, by `create --watch` (which ends by printing the finished job), so no `mediactl get`
+follows it."""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.mediactl.download import saved_files
 
 DEMO_JOBS: list[tuple[str, list[str]]] = [
     (
@@ -54,10 +62,11 @@ class DemoResult:
     kind: str
     job_id: str | None
     returncode: int
+    files: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and self.job_id is not None
+        return self.returncode == 0 and self.job_id is not None and bool(self.files)
 
 
 def mediactl(*args: str) -> list[str]:
@@ -126,23 +135,35 @@ def _like_our_terminal(source_fd: int, target_fd: int) -> None:
         termios.tcsetattr(target_fd, termios.TCSANOW, attrs)
 
 
-def run_demo(env: Mapping[str, str]) -> int:
-    """Returns 0 when every demo job succeeded."""
+def display_path(path: Path) -> str:
+    """Relative to the current directory when under it (`.run/outputs/...`), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def run_demo(env: Mapping[str, str], outputs: Path) -> int:
+    """Returns 0 when every demo job succeeded and its outputs were saved into `outputs`."""
     child_env = {**os.environ, **env}
+    out_dir = display_path(outputs)
     results: list[DemoResult] = []
     for kind, args in DEMO_JOBS:
-        print(f"\n==> {kind} job: mediactl {shlex.join(args)}", flush=True)
-        returncode, text = run_tee(mediactl(*args), child_env)
-        results.append(DemoResult(kind, find_job_id(text), returncode))
-    print("\n==> results (presigned URLs)", flush=True)
+        argv = [*args, "-o", out_dir]
+        print(f"\n==> {kind} job: mediactl {shlex.join(argv)}", flush=True)
+        returncode, text = run_tee(mediactl(*argv), child_env)
+        job_id = find_job_id(text)
+        files = saved_files(outputs, job_id) if job_id else []
+        results.append(DemoResult(kind, job_id, returncode, files))
+    print(f"\n==> results (files under {out_dir}/)", flush=True)
     for result in results:
-        if result.job_id is None:
-            print(f"{result.kind}: no job ID in mediactl's output", flush=True)
-            continue
-        print(f"\n--- {result.kind} job {result.job_id}", flush=True)
-        subprocess.run(mediactl("get", result.job_id), env=child_env, check=False)
-    print("", flush=True)
-    for result in results:
-        state = "succeeded" if result.ok else f"FAILED (mediactl exit code {result.returncode})"
+        if result.ok:
+            state = "succeeded"
+        elif result.job_id is None:
+            state = "no job ID in mediactl's output"
+        else:
+            state = f"FAILED (mediactl exit code {result.returncode})"
         print(f"{result.kind} job {result.job_id or '?'}: {state}", flush=True)
+        for path in result.files:
+            print(f"  {display_path(path)}", flush=True)
     return 0 if all(r.ok for r in results) else 1

@@ -24,7 +24,7 @@ from devstack.procs import (
     wait_until,
 )
 from devstack.state import REPO_ROOT
-from services.common.auth import WORKER_ROLE, mint_token
+from services.common.auth import NOTIFIER_ROLE, WORKER_ROLE, mint_token
 from services.common.config import TlsSettings
 from services.common.tls import sync_channel
 
@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 WORKER_SUBJECT = "media-worker"
 WORKER_TOKEN_TTL_SECONDS = 30 * 24 * 3600  # a long-lived `make up` stack must not lose its worker
+NOTIFIER_SUBJECT = "media-notifier"
 DEFAULT_START_TIMEOUT = 60.0
+# job_service's per-user limits of CreateJob turned off, for stacks that create many jobs quickly
+# as one user (the services' defaults are on).
+USER_LIMITS_OFF = {"RATE_LIMIT_PER_MINUTE": "0", "MAX_ACTIVE_JOBS_PER_USER": "0"}
 _PORT_ATTEMPTS = 3
 
 # A fresh channel per probe would work too, but this keeps reconnects fast while the server boots.
@@ -75,6 +79,9 @@ class ServiceProcess:
     addr: str = ""
     metrics_port: int = 0  # Prometheus /metrics (METRICS_PORT), picked at the first spawn
     health_port: int = 0  # plaintext health checks (HEALTH_LISTEN_ADDR), picked likewise
+    # job_service: WorkerService on a port of its own (WORKER_LISTEN_ADDR), picked likewise.
+    worker_listener: bool = False
+    worker_port: int = 0
     pid_dir: Path | None = None
     process: ManagedProcess | None = field(default=None, repr=False)
     _ever_ready: bool = field(default=False, repr=False)
@@ -96,6 +103,10 @@ class ServiceProcess:
         return f"{HOST}:{self.health_port}" if self.health_port else ""
 
     @property
+    def worker_addr(self) -> str:
+        return f"{HOST}:{self.worker_port}" if self.worker_port else ""
+
+    @property
     def log_path(self) -> Path:
         return self.log_dir / f"{self.name}.log"
 
@@ -106,7 +117,11 @@ class ServiceProcess:
             self.metrics_port = free_port(HOST)
         if not self.health_port:
             self.health_port = free_port(HOST)
+        if self.worker_listener and not self.worker_port:
+            self.worker_port = free_port(HOST)
         env = dict(self.env)
+        # Set either way: empty (off) must not fall back to a value from the caller's environment.
+        env["WORKER_LISTEN_ADDR"] = self.worker_addr
         env["LISTEN_ADDR"] = self.addr
         # Several services share this machine: each gets its own metrics and health ports, on
         # loopback.
@@ -148,7 +163,7 @@ class ServiceProcess:
                     raise
                 self.process.stop(2)
                 self.addr = ""
-                self.metrics_port = self.health_port = 0
+                self.metrics_port = self.health_port = self.worker_port = 0
                 self.spawn()
             finally:
                 channel.close()
@@ -185,10 +200,18 @@ class Services:
     _log_dir: Path = field(repr=False, default=Path("."))
     _pid_dir: Path | None = field(repr=False, default=None)
     _next_worker: int = field(repr=False, default=1)
+    # More job_service processes on the same database and NATS (add_job_service), as when the
+    # Deployment runs several replicas.
+    job_service_replicas: list[ServiceProcess] = field(default_factory=list)
 
     @property
     def job_service_addr(self) -> str:
         return self.job_service.addr
+
+    @property
+    def worker_service_addr(self) -> str:
+        """Where workers reach WorkerService: job_service's worker port when it has one."""
+        return self.job_service.worker_addr or self.job_service.addr
 
     @property
     def notifier_addr(self) -> str:
@@ -196,7 +219,8 @@ class Services:
 
     @property
     def procs(self) -> list[ServiceProcess]:
-        return [p for p in (self.job_service, self.notifier, *self.workers) if p is not None]
+        servers = (self.job_service, *self.job_service_replicas)
+        return [p for p in (*servers, self.notifier, *self.workers) if p is not None]
 
     def worker_procs(self) -> list[ServiceProcess]:
         return list(self.workers)
@@ -234,6 +258,23 @@ class Services:
         self.workers.append(worker)
         return worker
 
+    def add_job_service(
+        self, extra_env: Mapping[str, str] | None = None, *, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> ServiceProcess:
+        """Starts one more job_service replica with the first one's environment (its database,
+        NATS and secret) on ports of its own, and waits until it is healthy."""
+        replica = ServiceProcess(
+            name=f"job_service-{len(self.job_service_replicas) + 2}",
+            module="services.job_service",
+            env={**self.job_service.env, **(extra_env or {})},
+            log_dir=self._log_dir,
+            pid_dir=self._pid_dir,
+            worker_listener=self.job_service.worker_listener,
+        )
+        replica.start(timeout)
+        self.job_service_replicas.append(replica)
+        return replica
+
     def kill_worker(self, index: int = 0) -> ServiceProcess:
         worker = self.workers[index]
         worker.kill()
@@ -242,10 +283,10 @@ class Services:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to the workers and the notifier together, then to job_service (which the
         workers still report to while they drain); SIGKILL to whatever outlasts `timeout`."""
-        clients = [p.process for p in self.procs if p is not self.job_service and p.process]
+        clients = [p.process for p in (self.notifier, *self.workers) if p and p.process]
         stop_all(clients, timeout)
-        if self.job_service.process is not None:
-            stop_all([self.job_service.process], timeout)
+        servers = [self.job_service, *self.job_service_replicas]
+        stop_all([p.process for p in servers if p.process is not None], timeout)
 
 
 def service_env(
@@ -265,6 +306,10 @@ def service_env(
     # A local stop should not wait 20 s for a demo job to drain (and must stay well inside
     # Services.stop's timeout, after which everything is SIGKILLed).
     env.setdefault("SHUTDOWN_GRACE_SECONDS", "5")
+    # The local stack is also the benchmark's (`make bench` creates hundreds of jobs as one user
+    # in seconds): per-user limits off unless the environment sets them.
+    for name, value in USER_LIMITS_OFF.items():
+        env.setdefault(name, value)
     env.update(extra_env or {})
     return env
 
@@ -277,9 +322,13 @@ def start_services(
     workers: int = 1,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_START_TIMEOUT,
+    worker_listener: bool = True,
 ) -> Services:
     """Starts job_service, then the notifier and `workers` workers in parallel; returns once
-    every one of them reports SERVING. Logs go to run_dir/logs/<name>.log."""
+    every one of them reports SERVING. Logs go to run_dir/logs/<name>.log.
+
+    worker_listener: job_service serves WorkerService on a port of its own, as deployed, and the
+    workers call it there; False keeps it beside JobService on the public port."""
     started = time.monotonic()
     log_dir = run_dir.resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -298,12 +347,22 @@ def start_services(
         issuer=issuer,
         ttl_seconds=WORKER_TOKEN_TTL_SECONDS,
     )
+    # The notifier reads jobs with a credential of its own (JobReaderService).
+    notifier_token = mint_token(
+        secret,
+        NOTIFIER_SUBJECT,
+        roles=(NOTIFIER_ROLE,),
+        audience=audience,
+        issuer=issuer,
+        ttl_seconds=WORKER_TOKEN_TTL_SECONDS,
+    )
     job_service = ServiceProcess(
         name="job_service",
         module="services.job_service",
         env={**base, "AUTH_JWT_SECRET": secret},
         log_dir=log_dir,
         pid_dir=pid_dir,
+        worker_listener=worker_listener,
     )
     services = Services(
         job_service=job_service, notifier=None, workers=[], _log_dir=log_dir, _pid_dir=pid_dir
@@ -317,11 +376,22 @@ def start_services(
         services.notifier = ServiceProcess(
             name="notifier",
             module="services.notifier",
-            env=client_env,
+            # It verifies its watchers' tokens itself (the secret), and reads jobs from
+            # JobReaderService, which is served beside WorkerService.
+            env={
+                **client_env,
+                "AUTH_JWT_SECRET": secret,
+                "JOB_SERVICE_ADDR": services.worker_service_addr,
+                "NOTIFIER_TOKEN": notifier_token,
+            },
             log_dir=log_dir,
             pid_dir=pid_dir,
         )
-        services._worker_env = {**client_env, "WORKER_TOKEN": worker_token}
+        services._worker_env = {
+            **client_env,
+            "JOB_SERVICE_ADDR": services.worker_service_addr,
+            "WORKER_TOKEN": worker_token,
+        }
         services.workers = [services._new_worker(None) for _ in range(workers)]
         later = [services.notifier, *services.workers]  # start together, wait together
         for proc in later:
@@ -332,9 +402,10 @@ def start_services(
         services.stop(5)
         raise
     log.info(
-        "services ready in %.2f s: job_service %s, notifier %s, %d worker(s)",
+        "services ready in %.2f s: job_service %s (workers: %s), notifier %s, %d worker(s)",
         time.monotonic() - started,
         services.job_service_addr,
+        services.worker_service_addr,
         services.notifier_addr,
         len(services.workers),
     )

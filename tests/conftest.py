@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from devstack.deps import Dependencies, start_dependencies
-from devstack.services import Services, start_services
+from devstack.services import USER_LIMITS_OFF, Services, start_services
 from media.v1 import (
     job_service_pb2_grpc,
     notifier_service_pb2_grpc,
@@ -43,7 +43,12 @@ def stack(
     deps: Dependencies, secret: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Services]:
     run_dir: Path = tmp_path_factory.mktemp("services")
-    started = start_services(run_dir, deps, secret, workers=1)
+    # The session's tests create many jobs quickly as one user (the fuzz tests hundreds): per-user
+    # limits off, whatever the environment says (test_security.py and test_rate_limits.py have
+    # stacks of their own with limits on). The sweeper is off too: some tests count the objects
+    # in the bucket before and after (test_sweeper.py has a stack of its own for it).
+    env = {**USER_LIMITS_OFF, "SWEEP_INTERVAL_SECONDS": "0"}
+    started = start_services(run_dir, deps, secret, workers=1, extra_env=env)
     try:
         yield started
     finally:
@@ -57,8 +62,10 @@ class Clients:
         self.secret = secret
         self.job_channel = grpc.aio.insecure_channel(stack.job_service_addr)
         self.notifier_channel = grpc.aio.insecure_channel(stack.notifier_addr)
+        # WorkerService has a listener of its own (WORKER_LISTEN_ADDR), where workers call it.
+        self.worker_channel = grpc.aio.insecure_channel(stack.worker_service_addr)
         self.jobs = job_service_pb2_grpc.JobServiceStub(self.job_channel)
-        self.workers = worker_service_pb2_grpc.WorkerServiceStub(self.job_channel)
+        self.workers = worker_service_pb2_grpc.WorkerServiceStub(self.worker_channel)
         self.notifier = notifier_service_pb2_grpc.NotifierServiceStub(self.notifier_channel)
         self.alice = self.user("alice")
         self.bob = self.user("bob")
@@ -70,6 +77,7 @@ class Clients:
     async def close(self) -> None:
         await self.job_channel.close()
         await self.notifier_channel.close()
+        await self.worker_channel.close()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -23,6 +23,8 @@ from services.common.config import AuthSettings
 from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet, PublicKey
 
 WORKER_ROLE = "worker"
+# The notifier reads jobs for its watchers through job_service's JobReaderService with this role.
+NOTIFIER_ROLE = "notifier"
 _MAX_SUBJECT_CHARS = 256
 
 

@@ -248,6 +248,13 @@ class TracingSettings:
         return cls(otlp_endpoint=endpoint)
 
 
+# GRPC_MAX_MESSAGE_BYTES: gRPC reads a whole message, up to this, before any handler checks its
+# token. The largest legitimate one is a CreateJob with an inline image (MAX_INLINE_IMAGE_BYTES,
+# 1 MiB) and two prompts of up to 32 KB each; larger images go through CreateInputUpload, and
+# ListJobs fills its pages only up to what fits.
+DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The gRPC server every service runs, and what every process has around it."""
@@ -270,7 +277,9 @@ class ServerSettings:
             raise SettingsError("READINESS_CHECK_SECONDS must be positive")
         return cls(
             listen_addr=env_str("LISTEN_ADDR", f"[::]:{default_port}"),
-            max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
+            max_message_bytes=env_int(
+                "GRPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024
+            ),
             blocking_threads=env_int("BLOCKING_THREADS", 16, minimum=1),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", default_grace_seconds),
             shutdown_drain_seconds=env_float("SHUTDOWN_DRAIN_SECONDS", 1.0),

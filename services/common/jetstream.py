@@ -1,12 +1,15 @@
 """NATS JetStream layout shared by every service: streams, subjects and consumers.
 
 MEDIA_DISPATCH (work queue): media.dispatch.<kind>, one durable pull consumer per kind.
-MEDIA_EVENTS (limits):      media.events.<job_id>, every status change of a job.
+MEDIA_EVENTS (limits):      media.events.<owner_key>.<job_id>, every status change of a job; the
+                            owner's key in the subject lets a per-user replay filter on the server.
 Both deduplicate on Nats-Msg-Id (the outbox row ID) within DUPLICATE_WINDOW_SECONDS.
+MEDIA_RATE_LIMITS (key-value): job_service's per-user CreateJob budgets, shared by its replicas.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import nats
@@ -15,25 +18,59 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 log = logging.getLogger(__name__)
 
 DISPATCH_STREAM = "MEDIA_DISPATCH"
 EVENTS_STREAM = "MEDIA_EVENTS"
 DUPLICATE_WINDOW_SECONDS = 120.0
+# A key-value bucket (the stream KV_MEDIA_RATE_LIMITS): one small value per user.
+RATE_LIMIT_BUCKET = "MEDIA_RATE_LIMITS"
+# Far more than the values of every user active within one bucket TTL (each ~150 bytes stored);
+# when full, writes fail and job_service falls back to per-replica limits until keys expire.
+RATE_LIMIT_BUCKET_MAX_BYTES = 64 * 1024 * 1024
+_STREAM_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
 
 
 def dispatch_subject(kind: str) -> str:
     return f"media.dispatch.{kind}"
 
 
-def event_subject(job_id: str) -> str:
-    return f"media.events.{job_id}"
+EVENTS_PREFIX = "media.events."
+ALL_EVENTS = EVENTS_PREFIX + ">"
+DEFAULT_EVENTS_MAX_AGE_SECONDS = 86400.0
+
+
+def owner_key(owner: str) -> str:
+    """The owner as a subject token: a subject cannot carry an arbitrary string (dots, spaces),
+    and a hash keeps user names out of NATS' subject lists."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+def event_subject(owner: str, job_id: str) -> str:
+    return f"{EVENTS_PREFIX}{owner_key(owner)}.{job_id}"
+
+
+def owner_events(owner: str) -> str:
+    """The filter subject of every event of one owner's jobs."""
+    return f"{EVENTS_PREFIX}{owner_key(owner)}.*"
+
+
+def job_events(job_id: str) -> str:
+    """The filter subject of every event of one job, whoever owns it."""
+    return f"{EVENTS_PREFIX}*.{job_id}"
+
+
+def job_id_of_event(subject: str) -> str:
+    """The job ID an event subject names: its last token (also right for the owner-less
+    media.events.<job_id> that releases before the owner key published)."""
+    return subject.rpartition(".")[2]
 
 
 def worker_consumer(kind: str) -> str:
@@ -78,18 +115,30 @@ def _stream(
     )
 
 
-async def ensure_streams(js: JetStreamContext, *, events_max_age_seconds: float = 86400) -> None:
-    """Creates or updates both streams; safe to call from every replica at start-up."""
+async def ensure_streams(
+    js: JetStreamContext, *, events_max_age_seconds: float | None = None
+) -> None:
+    """Creates or updates both streams; safe to call from every replica at start-up.
+
+    events_max_age_seconds: how long MEDIA_EVENTS keeps events, i.e. how old a feed cursor may be
+    (FEED_RETENTION_SECONDS). Only the notifier passes it; None keeps the stream's current value
+    (DEFAULT_EVENTS_MAX_AGE_SECONDS for a new stream), so that the other services starting up
+    never undo the notifier's setting."""
     configs = [
         _stream(DISPATCH_STREAM, "media.dispatch.>", RetentionPolicy.WORK_QUEUE),
-        _stream(EVENTS_STREAM, "media.events.>", RetentionPolicy.LIMITS, events_max_age_seconds),
+        _stream(EVENTS_STREAM, ALL_EVENTS, RetentionPolicy.LIMITS, events_max_age_seconds),
     ]
     for config in configs:
         assert config.name is not None
+        keep_age = config.name == EVENTS_STREAM and config.max_age is None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
+            if keep_age:
+                config.max_age = info.config.max_age or DEFAULT_EVENTS_MAX_AGE_SECONDS
             await js.update_stream(config)
         except NotFoundError:
+            if keep_age:
+                config.max_age = DEFAULT_EVENTS_MAX_AGE_SECONDS
             await js.add_stream(config)
 
 
@@ -107,3 +156,28 @@ async def ensure_worker_consumer(
         max_ack_pending=max_ack_pending,
     )
     await js.add_consumer(DISPATCH_STREAM, config)
+
+
+async def ensure_rate_limit_bucket(js: JetStreamContext, *, ttl_seconds: float) -> None:
+    """Creates the rate-limit bucket, or sets a new TTL on it; safe from every replica at start-up.
+
+    The TTL drops a user's value once it has been idle that long (their budget is full again by
+    then, so a missing value means a full budget)."""
+    config = KeyValueConfig(
+        bucket=RATE_LIMIT_BUCKET,
+        history=1,
+        ttl=ttl_seconds,
+        max_bytes=RATE_LIMIT_BUCKET_MAX_BYTES,
+        max_value_size=256,
+        storage=StorageType.FILE,  # like the streams: a nats-server restart refills no budget
+    )
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise
+        # Created with another TTL (other rate settings): this replica's settings win.
+        stream = (await js.stream_info(f"KV_{RATE_LIMIT_BUCKET}")).config
+        stream.max_age = ttl_seconds
+        stream.duplicate_window = min(DUPLICATE_WINDOW_SECONDS, ttl_seconds)
+        await js.update_stream(stream)

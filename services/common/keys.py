@@ -2,6 +2,7 @@
 
     jobs/<job_id>/input                                the input image a CreateJob stored
     jobs/<job_id>/<attempt>/output-<index>.<ext>       an output of one attempt
+    uploads/<upload_id>                                an image a client PUT (CreateInputUpload)
 
 Keys never carry user identity. The attempt is part of an output key so that a stale attempt
 finishing late can never overwrite the outputs of the attempt that was recorded.
@@ -13,6 +14,9 @@ import re
 from dataclasses import dataclass
 
 JOBS_PREFIX = "jobs/"
+# Client uploads waiting for the CreateJob that copies them to a job's input key. Whose they are
+# is kept in Postgres (input_uploads), never in the key.
+UPLOADS_PREFIX = "uploads/"
 
 # Content type -> file extension of the outputs we store.
 EXTENSIONS: dict[str, str] = {
@@ -34,6 +38,10 @@ def job_prefix(job_id: str) -> str:
 
 def input_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}input"
+
+
+def upload_key(upload_id: str) -> str:
+    return f"{UPLOADS_PREFIX}{upload_id}"
 
 
 def output_key(job_id: str, attempt: int, index: int, content_type: str) -> str:

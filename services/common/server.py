@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -23,9 +24,15 @@ from services.common.interceptors import CallContext, Chain, Decode, Drain, Erro
 
 log = logging.getLogger(__name__)
 
+MAIN_LISTENER = ""  # the listener on LISTEN_ADDR
+_HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
 
 def install_blocking_pool(threads: int) -> None:
-    """Bounds asyncio.to_thread: every blocking call (SQL, S3) shares this pool."""
+    """Bounds asyncio.to_thread (BLOCKING_THREADS). Calls to a dependency that can hang do not
+    belong here, where one hung dependency would take the threads of all: job_service runs SQL
+    and S3 in bulkheads of their own (services.common.bulkhead) and leaves this pool to CPU work
+    such as decoding images; the worker and the notifier still use it for theirs."""
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="block"))
 
@@ -47,27 +54,51 @@ def _interceptors(gate: Drain) -> list[grpc.aio.ServerInterceptor]:
     return [gate, Chain(Metrics(), CallContext(), Errors(), Decode())]
 
 
-class ServiceHost:
-    """One grpc.aio server with health and reflection; add services, then `run`."""
+@dataclass
+class _Listener:
+    """One grpc.aio server on one address, and the services it serves (besides health)."""
 
-    def __init__(self, name: str, settings: ServerSettings) -> None:
+    server: grpc.aio.Server
+    addr: str
+    service_names: list[str] = field(default_factory=list)
+    port: int = 0
+
+
+_MAX_STREAMS_PER_CONNECTION = 100_000
+
+
+class ServiceHost:
+    """grpc.aio servers with health and reflection; add services, then `run`.
+
+    One listener (LISTEN_ADDR) unless `add_listener` adds more: each is a server of its own, so a
+    service added to one is not served on another at all (UNIMPLEMENTED there), which lets
+    NetworkPolicies tell its callers apart by port. grpc.aio routes by method only, so a second
+    server is the clean way to do that. Every listener gets the same interceptors, TLS settings,
+    health service (one readiness for the process) and its own reflection."""
+
+    def __init__(
+        self, name: str, settings: ServerSettings, *, maximum_concurrent_rpcs: int | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
-        self._gate = Drain()
-        self.server = grpc.aio.server(
-            interceptors=_interceptors(self._gate),
-            options=[
-                *channel_options(settings.max_message_bytes),
-                # Recycle long-lived HTTP/2 connections so clients rebalance across replicas.
-                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                ("grpc.max_connection_age_grace_ms", 30 * 1000),
-            ],
+        # Calls beyond it are answered RESOURCE_EXHAUSTED before their message is read: with the
+        # message limit, it bounds the memory unauthenticated callers can take. None: no cap
+        # (the notifier holds thousands of long watch streams).
+        self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
+        # With a cap, HTTP/2 windows also stay at their initial 64 KiB per stream until a handler
+        # reads its message: BDP probing lets calls not taken yet buffer whole messages (measured
+        # on a bare server capped at 64: 400 parallel 2 MiB calls, ~950 MiB with it, ~530 without).
+        # Without a cap (the notifier), many long streams share few connections: gRPC's default
+        # limit of concurrent streams per connection cancelled watches past 1,000-2,000.
+        self._transport_options: list[tuple[str, Any]] = (
+            [("grpc.http2.bdp_probe", 0)]
+            if maximum_concurrent_rpcs
+            else [("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION)]
         )
+        self._gate = Drain()  # shared: one drain covers every listener
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = [
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        ]
+        self._listeners: dict[str, _Listener] = {}
+        self.server = self._new_listener(MAIN_LISTENER, settings.listen_addr).server
         self.port = 0
         self.health_port = 0
         self._health_server: grpc.aio.Server | None = None
@@ -80,19 +111,63 @@ class ServiceHost:
         """A dependency the server is not ready without; see services.common.health."""
         self.readiness.add_check(name, check)
 
+    def _new_listener(self, name: str, addr: str) -> _Listener:
+        server = grpc.aio.server(
+            interceptors=_interceptors(self._gate),
+            maximum_concurrent_rpcs=self._maximum_concurrent_rpcs,
+            options=[
+                *channel_options(self.settings.max_message_bytes),
+                # Recycle long-lived HTTP/2 connections so clients rebalance across replicas.
+                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                ("grpc.max_connection_age_grace_ms", 30 * 1000),
+                *self._transport_options,
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        listener = _Listener(server, addr)
+        self._listeners[name] = listener
+        return listener
+
+    def add_listener(self, name: str, addr: str) -> None:
+        """Another address, serving only what `add(..., listener=name)` puts on it (plus health
+        and reflection)."""
+        if name in self._listeners:
+            raise ValueError(f"listener {name!r} exists already")
+        self._new_listener(name, addr)
+
     def add(
-        self, full_name: str, register: Callable[[Any, grpc.aio.Server], None], servicer: Any
+        self,
+        full_name: str,
+        register: Callable[[Any, grpc.aio.Server], None],
+        servicer: Any,
+        *,
+        listener: str = MAIN_LISTENER,
     ) -> None:
-        register(servicer, self.server)
-        self._service_names.append(full_name)
+        """Serves `servicer` on one listener: the main one (LISTEN_ADDR) unless named."""
+        target = self._listeners[listener]
+        register(servicer, target.server)
+        target.service_names.append(full_name)
+
+    def port_of(self, listener: str) -> int:
+        """The port a started listener is bound to (0 before `start`)."""
+        return self._listeners[listener].port
+
+    @property
+    def _service_names(self) -> list[str]:
+        """Every service served on any listener: the health names readiness sets."""
+        return [_HEALTH_NAME, *(n for lis in self._listeners.values() for n in lis.service_names)]
 
     async def start(self) -> int:
-        reflection.enable_server_reflection(
-            [*self._service_names, reflection.SERVICE_NAME], self.server
-        )
-        # TLS (mutual with TLS_CLIENT_CA_FILE) when certificates are configured.
-        self.port = tls.add_port(self.server, self.settings.listen_addr, self.settings.tls)
-        await self.server.start()
+        for listener in self._listeners.values():
+            # Reflection lists what this listener serves, not what the process serves.
+            reflection.enable_server_reflection(
+                [_HEALTH_NAME, *listener.service_names, reflection.SERVICE_NAME], listener.server
+            )
+            # TLS (mutual with TLS_CLIENT_CA_FILE) when certificates are configured: the same
+            # on every listener.
+            listener.port = tls.add_port(listener.server, listener.addr, self.settings.tls)
+            await listener.server.start()
+        self.port = self._listeners[MAIN_LISTENER].port
         if self.settings.health_listen_addr:
             # Kubernetes' native gRPC probes cannot speak TLS: they get the health service
             # alone, in plaintext, on a port of its own (HEALTH_LISTEN_ADDR).
@@ -115,6 +190,11 @@ class ServiceHost:
                 "tls": self.settings.tls.server_enabled,
                 "mtls": bool(self.settings.tls.client_ca_file),
                 "health_port": self.health_port or None,
+                **{
+                    f"{name}_port": lis.port
+                    for name, lis in self._listeners.items()
+                    if name != MAIN_LISTENER
+                },
             },
         )
         return self.port
@@ -137,7 +217,8 @@ class ServiceHost:
         # Readiness goes false first so load balancers stop sending new calls.
         await self.readiness.stop()
         await self._drain()
-        await self.server.stop(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        await asyncio.gather(*(lis.server.stop(grace) for lis in self._listeners.values()))
         if self._health_server is not None:  # answered probes until the end
             await self._health_server.stop(None)
 

@@ -3,6 +3,8 @@ are bumped where the change happens; the gauges are set by the sampler (sampler.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import Counter, Gauge
 
 from services.common import lifecycle
@@ -46,6 +48,23 @@ OUTBOX_LAG = Gauge(
     "media_outbox_lag_seconds",
     "Age of the oldest unpublished outbox row, 0 when the outbox is empty.",
 )
+OBJECTS_SWEPT = Counter(
+    "media_objects_swept_total",
+    "Objects the sweeper deleted from the bucket, by reason: input (the input image of a finished "
+    "job), orphan (under jobs/, no job record points to it), upload (a presigned upload left "
+    "behind).",
+    ["reason"],
+)
+SWEEP_ROUNDS = Counter(
+    "media_sweep_rounds_total",
+    "Sweeper rounds of this replica, by result: swept, skipped (another replica was sweeping) or "
+    "failed.",
+    ["result"],
+)
+SweepReason = Literal["input", "orphan", "upload"]
+SweepResult = Literal["swept", "skipped", "failed"]
+SWEEP_REASONS: tuple[SweepReason, ...] = get_args(SweepReason)
+SWEEP_RESULTS: tuple[SweepResult, ...] = get_args(SweepResult)
 
 # Resolved once: these are bumped on the request path.
 _created = {kind: JOBS_CREATED.labels(name) for kind, name in KIND_NAMES.items()}
@@ -54,6 +73,11 @@ _completed = {
     for kind, kind_name in KIND_NAMES.items()
     for status in lifecycle.FINISHED
 }
+
+
+# Every reason and result from the start, so a rate over them is defined before the first one.
+_swept = {reason: OBJECTS_SWEPT.labels(reason) for reason in SWEEP_REASONS}
+_rounds = {result: SWEEP_ROUNDS.labels(result) for result in SWEEP_RESULTS}
 
 
 def job_created(kind: Kind) -> None:
@@ -65,3 +89,11 @@ def job_finished(kind: Kind, status: Status) -> None:
     counter = _completed.get((kind, status))
     if counter is not None:
         counter.inc()
+
+
+def objects_swept(reason: SweepReason, count: int) -> None:
+    _swept[reason].inc(count)
+
+
+def sweep_round(result: SweepResult) -> None:
+    _rounds[result].inc()

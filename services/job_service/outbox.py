@@ -19,9 +19,9 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import NotRequired, ParamSpec, TypedDict
 
 from nats.js import JetStreamContext
 from sqlalchemy import (
@@ -36,10 +36,13 @@ from sqlalchemy import (
 )
 
 from services.common import tracing
+from services.common.bulkhead import Bulkhead
 from services.common.ids import uuid7
 from services.job_service.schema import outbox
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,19 @@ def outbox_next(
 
 
 class OutboxRelay:
-    def __init__(self, engine: Engine, js: JetStreamContext, *, batch: int, poll_seconds: float):
+    def __init__(
+        self,
+        engine: Engine,
+        js: JetStreamContext,
+        *,
+        batch: int,
+        poll_seconds: float,
+        thread: Bulkhead | None = None,
+    ):
         self._engine = engine
+        # app.py gives the relay a connection and a thread of its own: it works one step at a
+        # time, so a hung database holds that one thread, never one a request needs.
+        self._thread = thread
         self._js = js
         self._batch = batch
         self._poll = poll_seconds
@@ -173,7 +187,7 @@ class OutboxRelay:
         while True:
             done = self._take_done()
             try:
-                rows = await asyncio.to_thread(
+                rows = await self._in_thread(
                     outbox_next, self._engine, done, self._batch, min_age_seconds=min_age_seconds
                 )
             except BaseException:
@@ -185,7 +199,18 @@ class OutboxRelay:
 
     async def _delete_done(self) -> None:
         if self._done:
-            await asyncio.to_thread(outbox_next, self._engine, self._take_done(), 0)
+            await self._in_thread(outbox_next, self._engine, self._take_done(), 0)
+
+    async def _in_thread(
+        self,
+        fn: Callable[P, list[OutboxRow]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> list[OutboxRow]:
+        if self._thread is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._thread.run(fn, *args, **kwargs)
 
     async def _publish(self, rows: list[OutboxRow], *, raise_on_failure: bool) -> None:
         if not rows:

@@ -19,71 +19,43 @@ from services.job_service.outbox import OutboxValues
 
 class JobRow(Protocol):
     """The columns of a jobs row that we read (a Row of select(jobs) or RETURNING jobs; see
-    schema.jobs)."""
+    schema.jobs). Rows are read, never assigned to."""
 
-    @property
-    def id(self) -> uuid.UUID: ...
-    @property
-    def request_id(self) -> str | None: ...
-    @property
-    def request_digest(self) -> bytes | None: ...
-    @property
-    def kind(self) -> Kind: ...
-    @property
-    def status(self) -> Status: ...
-    @property
-    def progress(self) -> int: ...
-    @property
-    def status_message(self) -> str: ...
-    @property
-    def attempt(self) -> int: ...
-    @property
-    def params(self) -> bytes: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def error_code(self) -> ErrorCode: ...
-    @property
-    def error_message(self) -> str: ...
-    @property
-    def result_digest(self) -> bytes | None: ...
-    @property
-    def generation_ms(self) -> int | None: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def created_at(self) -> dt.datetime: ...
-    @property
-    def updated_at(self) -> dt.datetime: ...
-    @property
-    def started_at(self) -> dt.datetime | None: ...
-    @property
-    def finished_at(self) -> dt.datetime | None: ...
+    id: uuid.UUID
+    owner: str
+    request_id: str | None
+    request_digest: bytes | None
+    kind: Kind
+    status: Status
+    progress: int
+    status_message: str
+    attempt: int
+    params: bytes
+    model: str
+    error_code: ErrorCode
+    error_message: str
+    result_digest: bytes | None
+    generation_ms: int | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
 
 
 class OutputRow(Protocol):
     """The columns of an outputs row that we read (see schema.outputs)."""
 
-    @property
-    def job_id(self) -> uuid.UUID: ...
-    @property
-    def idx(self) -> int: ...
-    @property
-    def bucket(self) -> str: ...
-    @property
-    def key(self) -> str: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def byte_size(self) -> int: ...
-    @property
-    def width(self) -> int: ...
-    @property
-    def height(self) -> int: ...
-    @property
-    def duration_seconds(self) -> float: ...
-    @property
-    def sha256(self) -> str: ...
+    job_id: uuid.UUID
+    idx: int
+    bucket: str
+    key: str
+    content_type: str
+    byte_size: int
+    width: int
+    height: int
+    duration_seconds: float
+    sha256: str
 
 
 # The columns of an outputs row that are fields of job_pb2.Output by the same name; besides them a
@@ -101,8 +73,13 @@ OUTPUT_FIELDS = (
 )
 
 
-def digest(message: Message) -> bytes:
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
+def digest(message: Message, *extra: bytes) -> bytes:
+    """sha256 of the message, and of `extra` after it: what stands in for bytes the message no
+    longer holds (an input image's own sha256, so its bytes are not serialized again)."""
+    hashed = hashlib.sha256(message.SerializeToString(deterministic=True))
+    for part in extra:
+        hashed.update(part)
+    return hashed.digest()
 
 
 def to_job(row: JobRow, outputs: Iterable[OutputRow] = ()) -> job_pb2.Job:
@@ -152,9 +129,11 @@ def outbox_rows(
     job: job_pb2.Job,
     params: job_pb2.ImageParams | job_pb2.VideoParams | None,
     headers: dict[str, str] | None,
+    *,
+    owner: str,
 ) -> list[OutboxValues]:
     """The outbox rows of what a transition emits: a dispatch (with the job's parameters) and the
-    job's status event."""
+    job's status event (with its owner, for the notifier's ownership checks and feeds)."""
     rows: list[OutboxValues] = []
     for what in emit:
         if what is Emit.DISPATCH:
@@ -164,7 +143,7 @@ def outbox_rows(
             getattr(dispatch, kind).CopyFrom(params)
             subject, payload = jetstream.dispatch_subject(kind), dispatch.SerializeToString()
         else:
-            subject = jetstream.event_subject(job.id)
-            payload = events_pb2.JobEvent(job=job).SerializeToString()
+            subject = jetstream.event_subject(owner, job.id)
+            payload = events_pb2.JobEvent(job=job, owner=owner).SerializeToString()
         rows.append({"subject": subject, "payload": payload, "headers": headers})
     return rows

@@ -2,10 +2,12 @@
 on Postgres.
 
 It has its own single-connection engine and thread: under load every connection of the main pool
-and every thread of the blocking pool may be busy, and neither the gauges nor readiness may wait
+and every thread of the SQL bulkhead may be busy, and neither the gauges nor readiness may wait
 behind CreateJob calls (a readiness check that times out because the service is busy would take
-a loaded replica out of rotation). Two queries per round: active jobs by kind and status (an
-index on queued and running jobs only keeps it small), and the outbox's size and oldest row.
+a loaded replica out of rotation). The thread is a one-thread bulkhead: a frozen Postgres holds
+that one thread, later checks fail while it is stuck instead of queueing behind it, and it never
+keeps the process from exiting. Two queries per round: active jobs by kind and status (an index
+on queued and running jobs only keeps it small), and the outbox's size and oldest row.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, TypeVarTuple
 
 from nats.aio.client import Client
 from sqlalchemy import Engine, bindparam, case, create_engine, func, select, text
 
 from services.common import jetstream, lifecycle
+from services.common.bulkhead import Bulkhead
 from services.job_service import metrics
 from services.job_service.schema import jobs, outbox
 
@@ -55,6 +57,7 @@ _OUTBOX = select(
     func.extract("epoch", func.statement_timestamp() - func.min(outbox.c.created_at)),
 ).where(outbox.c.id.not_in(bindparam("published", expanding=True)))
 _PING = text("SELECT 1")
+_CALL_TIMEOUT_SECONDS = 10.0
 
 
 def monitor_engine(database_url: str) -> Engine:
@@ -86,7 +89,8 @@ class Sampler:
         self._nc = nc
         self._js = nc.jetstream()
         self._interval = interval_seconds
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor")
+        # Beyond the monitor connection's connect and statement timeouts: only a hang hits it.
+        self._thread = Bulkhead("monitor", 1, _CALL_TIMEOUT_SECONDS)
         self._task: asyncio.Task[None] | None = None
         self._failed = False
 
@@ -113,7 +117,7 @@ class Sampler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._thread.shutdown()
         self._engine.dispose()
 
     async def _loop(self) -> None:
@@ -174,4 +178,4 @@ class Sampler:
             metrics.CONSUMER_PENDING.labels(kind).set(pending)
 
     async def _in_thread(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)

@@ -27,6 +27,9 @@ from services.common.lifecycle import ACTIVE
 # (a literal list, so the planner can prove a query implies an index's predicate).
 ACTIVE_PREDICATE = f"status IN ({', '.join(str(int(s)) for s in sorted(ACTIVE))})"
 
+# The predicate of jobs_input_unswept, which the sweeper's query repeats to use it.
+INPUT_UNSWEPT_PREDICATE = "finished_at IS NOT NULL AND input_swept_at IS NULL"
+
 metadata = MetaData()
 
 jobs = Table(
@@ -52,6 +55,8 @@ jobs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # When the sweeper (sweeper.py) dealt with a finished job's input image; NULL until then.
+    Column("input_swept_at", DateTime(timezone=True)),
     Index("jobs_owner_id", "owner", text("id DESC")),
     Index(
         "jobs_owner_request_id",
@@ -66,6 +71,9 @@ jobs = Table(
     # The same rows by owner: CreateJob counts a user's active jobs against
     # MAX_ACTIVE_JOBS_PER_USER without reading their finished ones.
     Index("jobs_owner_active", "owner", postgresql_where=text(ACTIVE_PREDICATE)),
+    # Finished jobs whose input the sweeper has not dealt with yet: each of its rounds reads these
+    # alone, however many finished jobs the table holds.
+    Index("jobs_input_unswept", "finished_at", postgresql_where=text(INPUT_UNSWEPT_PREDICATE)),
 )
 
 outputs = Table(
@@ -93,4 +101,30 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # The W3C trace context of the transaction that wrote the row, published as NATS headers.
     Column("headers", JSON(none_as_null=True)),
+)
+
+# Where the sweeper's next round resumes each listing it pages through (a key: S3's StartAfter;
+# empty: from the start), so that a bucket larger than one round is still covered, pass by pass.
+sweep_cursors = Table(
+    "sweep_cursors",
+    metadata,
+    Column("prefix", Text, primary_key=True),
+    Column("start_after", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Images clients upload themselves (CreateInputUpload): who may use each, and which job did. The
+# object is at keys.upload_key(id) until a CreateJob copies it to the job's input key.
+input_uploads = Table(
+    "input_uploads",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("mime_type", Text, nullable=False),  # declared, and signed into the PUT URL
+    Column("byte_size", BigInteger, nullable=False),  # likewise
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The job that took it; set (with used_at) before the job's row exists, so no foreign key. A
+    # claim whose job never came to be (a crash mid-create) is taken over after a while.
+    Column("used_by", Uuid),
+    Column("used_at", DateTime(timezone=True)),
 )

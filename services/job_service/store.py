@@ -139,7 +139,9 @@ class Store:
                     results.append(Created(job, False, existing.request_digest))
                     continue
                 job = to_job(row)
-                tx.outbox.extend(outbox_rows(_CREATED.emit, job, new.params, new.trace_headers))
+                tx.outbox.extend(
+                    outbox_rows(_CREATED.emit, job, new.params, new.trace_headers, owner=new.owner)
+                )
                 results.append(Created(job, True, new.request_digest))
         return results
 
@@ -307,7 +309,9 @@ class Store:
         else:
             job = self._with_outputs(tx.conn, updated)
         # The calling RPC's trace context (asyncio.to_thread carries it into this thread).
-        tx.outbox.extend(outbox_rows(transition.emit, job, None, tracing.current_headers()))
+        tx.outbox.extend(
+            outbox_rows(transition.emit, job, None, tracing.current_headers(), owner=row.owner)
+        )
         if state.status != row.status:
             # Counted before the commit: a failed commit (rare) counts a completion twice.
             job_metrics.job_finished(row.kind, state.status)

@@ -4,9 +4,11 @@ INVALID_ARGUMENT naming each offending field. Nothing is written before this pas
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
@@ -15,7 +17,7 @@ from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
 from services.common import images, keys
 from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid
-from services.common.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
+from services.common.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, IMAGE_TYPES
 from services.job_service.settings import Limits
 
 MIN_VIDEO_SECONDS = 4
@@ -44,35 +46,65 @@ def job_id(value: str, field: str = "job_id") -> uuid.UUID:
     return parsed
 
 
-def create_request(
-    request: job_service_pb2.CreateJobRequest, limits: Limits
-) -> job_service_pb2.CreateJobRequest:
-    """A copy with defaults filled in; the input image's mime type is set from its bytes."""
-    out = job_service_pb2.CreateJobRequest()
-    out.CopyFrom(request)
+@dataclass
+class ValidCreate:
+    """A CreateJob request that passed every check. `request` is the caller's own message,
+    normalized in place (defaults filled in, the input image's mime type set from its bytes) and
+    without the inline image's bytes, which are in `image` instead: taken out of the request, the
+    bytes are not copied again when it is hashed or stored."""
+
+    request: job_service_pb2.CreateJobRequest
+    kind: str  # "image" or "video": the name of the request's params field
+    image: bytes | None = None  # inline input image (input_image.data)
+    image_sha256: bytes = b""  # of `image`: stands in for the bytes in the request's digest
+    upload_id: uuid.UUID | None = None  # input image uploaded after CreateInputUpload
+
+    @property
+    def params(self) -> job_pb2.ImageParams | job_pb2.VideoParams:
+        params: job_pb2.ImageParams | job_pb2.VideoParams = getattr(self.request, self.kind)
+        return params
+
+    @property
+    def input_field(self) -> str:
+        """The input image's field name in errors, e.g. image.input_image."""
+        return f"{self.kind}.input_image"
+
+    def take_image(self) -> bytes:
+        """The inline image's bytes, dropped from here (so that they are freed once the caller
+        has stored them)."""
+        image, self.image = self.image, None
+        assert image is not None, "no inline image"
+        return image
+
+
+def create_request(request: job_service_pb2.CreateJobRequest, limits: Limits) -> ValidCreate:
+    """Checks every field; normalizes the request in place (no copy of it, or of its image)."""
     bad: Violations = []
-    if out.request_id:
-        rid = out.request_id
+    if request.request_id:
+        rid = request.request_id
         if len(rid) > MAX_REQUEST_ID_CHARS or not all(0x21 <= ord(c) <= 0x7E for c in rid):
             bad.append(
                 ("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters")
             )
-    which = out.WhichOneof("params")
+    which = request.WhichOneof("params")
+    valid = ValidCreate(request, which or "")
     if which == "image":
-        _image(out.image, limits, bad)
+        _image(request.image, limits, bad)
+        if request.image.HasField("input_image"):
+            _input_image(request.image.input_image, valid, limits, bad)
     elif which == "video":
-        _video(out.video, limits, bad)
+        _video(request.video, limits, bad)
+        if request.video.HasField("input_image"):
+            _input_image(request.video.input_image, valid, limits, bad)
     else:
         bad.append(("params", "one of image or video is required"))
     if bad:
         raise invalid_argument(bad)
-    return out
+    return valid
 
 
 def _image(p: job_pb2.ImageParams, limits: Limits, bad: Violations) -> None:
     _text(p.prompt, "image.prompt", limits.max_prompt_chars, bad, required=True)
-    if p.HasField("input_image"):
-        _input_image(p.input_image, "image.input_image", limits, bad)
     if not 0 <= p.number_of_images <= limits.max_images:
         bad.append(("image.number_of_images", f"must be between 1 and {limits.max_images}"))
     p.number_of_images = p.number_of_images or 1
@@ -91,8 +123,6 @@ def _image(p: job_pb2.ImageParams, limits: Limits, bad: Violations) -> None:
 def _video(p: job_pb2.VideoParams, limits: Limits, bad: Violations) -> None:
     _text(p.prompt, "video.prompt", limits.max_prompt_chars, bad, required=True)
     _text(p.negative_prompt, "video.negative_prompt", limits.max_prompt_chars, bad)
-    if p.HasField("input_image"):
-        _input_image(p.input_image, "video.input_image", limits, bad)
     _enum(p.aspect_ratio, job_pb2.AspectRatio, "video.aspect_ratio", bad)
     p.aspect_ratio = p.aspect_ratio or job_pb2.ASPECT_RATIO_16_9
     longest = limits.max_video_seconds
@@ -127,21 +157,38 @@ def _enum(value: int, enum: _ProtoEnum, field: str, bad: Violations) -> None:
         bad.append((field, f"unknown value {value}; must be one of {names}"))
 
 
-def _input_image(img: job_pb2.InputImage, field: str, limits: Limits, bad: Violations) -> None:
+def _input_image(
+    img: job_pb2.InputImage, valid: ValidCreate, limits: Limits, bad: Violations
+) -> None:
+    """Checks the input image; an inline image's bytes move from `img` to `valid`."""
+    field = valid.input_field
     if img.bucket or img.key:
-        bad.append((f"{field}.key", "is set by the service; send data and mime_type only"))
-    if not img.data:
-        bad.append((f"{field}.data", "must not be empty"))
+        bad.append((f"{field}.key", "is set by the service; send data or upload_id only"))
+    data = img.data  # the one copy of the bytes this process makes (each read of .data is one)
+    if img.upload_id:
+        if data:
+            bad.append((f"{field}.upload_id", "send either data or upload_id, not both"))
+        valid.upload_id = parse_uuid(img.upload_id)
+        if valid.upload_id is None:
+            bad.append((f"{field}.upload_id", "must be an upload_id CreateInputUpload returned"))
+        if img.mime_type and img.mime_type not in IMAGE_TYPES:
+            bad.append((f"{field}.mime_type", f"must be one of {', '.join(IMAGE_TYPES)}"))
+        return  # the uploaded object itself is checked when the create claims it
+    if not data:
+        bad.append((f"{field}.data", "must not be empty (or send upload_id)"))
         return
-    if len(img.data) > limits.max_input_image_bytes:
+    limit = min(limits.max_inline_image_bytes, limits.max_input_image_bytes)
+    if len(data) > limit:
         bad.append(
             (
                 f"{field}.data",
-                f"must be at most {limits.max_input_image_bytes} bytes (got {len(img.data)})",
+                f"must be at most {limit} bytes inline (got {len(data)}); send images up to "
+                f"{limits.max_input_image_bytes} bytes with CreateInputUpload and "
+                "input_image.upload_id instead",
             )
         )
         return
-    header = images.read_header(img.data)
+    header = images.read_header(data)
     if header is None:
         bad.append((f"{field}.data", "is not a PNG, JPEG or WEBP image"))
         return
@@ -149,7 +196,7 @@ def _input_image(img: job_pb2.InputImage, field: str, limits: Limits, bad: Viola
     if too_large is not None:
         bad.append((f"{field}.data", too_large))
         return
-    if not _decodes(img.data):
+    if not _decodes(data):
         bad.append((f"{field}.data", f"is not a complete {header.content_type} image"))
         return
     if img.mime_type and img.mime_type != header.content_type:
@@ -157,6 +204,24 @@ def _input_image(img: job_pb2.InputImage, field: str, limits: Limits, bad: Viola
             (f"{field}.mime_type", f"is {img.mime_type} but the data is {header.content_type}")
         )
     img.mime_type = header.content_type
+    img.ClearField("data")
+    valid.image = data
+    valid.image_sha256 = hashlib.sha256(data).digest()
+
+
+def input_upload_request(request: job_service_pb2.CreateInputUploadRequest, limits: Limits) -> None:
+    bad: Violations = []
+    if request.mime_type not in IMAGE_TYPES:
+        bad.append(("mime_type", f"must be one of {', '.join(IMAGE_TYPES)}"))
+    if not 0 < request.byte_size <= limits.max_input_image_bytes:
+        bad.append(
+            (
+                "byte_size",
+                f"must be between 1 and {limits.max_input_image_bytes} (the image's exact size)",
+            )
+        )
+    if bad:
+        raise invalid_argument(bad)
 
 
 def _decodes(data: bytes) -> bool:

@@ -1,11 +1,12 @@
 """Hearing at once that a running job was canceled or taken over by another attempt.
 
 While it holds a job, the worker subscribes (core NATS) to the job's status events,
-media.events.<job_id>, which job_service publishes after every change. The subscription is made
-before the claim, so every change committed after the claim reaches it. An event that says the
-job is finished (canceled by its owner, or completed elsewhere) or that a newer attempt owns it
-fires the stop callback, which cancels the generation there and then, instead of at the next
-ReportProgress. That refusal stays the fallback for an event lost to a NATS outage.
+media.events.*.<job_id> (whoever owns it), which job_service publishes after every change. The
+subscription is made before the claim, so every change committed after the claim reaches it. An
+event that says the job is finished (canceled by its owner, or completed elsewhere) or that a
+newer attempt owns it fires the stop callback, which cancels the generation there and then,
+instead of at the next ReportProgress. That refusal stays the fallback for an event lost to a
+NATS outage.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nats.aio.subscription import Subscription
 from media.v1 import events_pb2, job_pb2
 from services.common import lifecycle
 from services.common.errors import refusal_of
-from services.common.jetstream import event_subject
+from services.common.jetstream import job_events
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class CancellationListener:
         if self._nc is None or not self._nc.is_connected:
             return watch
         try:
-            watch._sub = await self._nc.subscribe(event_subject(job_id), cb=watch._on_message)
+            watch._sub = await self._nc.subscribe(job_events(job_id), cb=watch._on_message)
             # The claim must not go out before the server knows about the subscription.
             await self._nc.flush(timeout=self._flush_timeout)
         except asyncio.CancelledError:

@@ -3,6 +3,10 @@
 The answer is an `Outcome`: `Stored` (every output is in the bucket, for CompleteJob to record)
 or `Failed` (the code, message and retryability CompleteJob reports). A stop (cancel, or a newer
 attempt: see cancellation.py) cancels the generation and raises `Aborted`.
+
+A failure's message is what the job's owner reads (status_message, error.message): what failed,
+in plain words, and whether the job will be retried. Exception texts name endpoints, object
+keys and local paths, so they go to the log (which carries the job ID), never into the message.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ from services.media_worker.uploader import InputImageError, Storage, UploadError
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+
+# What the job's owner is told when something other than the generator's own words fails (the
+# detail is logged). The input image's are InputImageError.public (uploader.py).
+OUTPUT_NOT_STORED = "the output could not be stored"
+BAD_OUTPUT = "the generator produced a file that is not a valid image or video"
+GENERATOR_CRASHED = "the generator failed unexpectedly"
+RETRIED = "; retried while the job has attempts left"
+NOT_RETRIED = "; the job will not be retried"
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,13 @@ def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def failed(code: lifecycle.ErrorCode, what: str, *, retryable: bool) -> Failed:
+    """A failure whose message says what failed and whether the job will be retried (job_service
+    retries it only while attempts are left, hence the wording)."""
+    suffix = RETRIED if retryable else NOT_RETRIED
+    return Failed(code, clip(what, MAX_ERROR_CHARS - len(suffix)) + suffix, retryable)
+
+
 class Production:
     """Runs one attempt's work; one instance serves every job of the worker."""
 
@@ -87,9 +106,10 @@ class Production:
         try:
             data, mime_type = await self._input_image(dispatch)
         except InputImageError as exc:
+            log.warning("input image unusable: %s", exc)
             if exc.permanent:
-                return Failed(job_pb2.ERROR_CODE_INVALID_REQUEST, clip(str(exc)), False)
-            return Failed(job_pb2.ERROR_CODE_INTERNAL, clip(str(exc)), True)
+                return failed(job_pb2.ERROR_CODE_INVALID_REQUEST, exc.public, retryable=False)
+            return failed(job_pb2.ERROR_CODE_INTERNAL, exc.public, retryable=True)
         ctx = GenerationContext(
             dispatch=dispatch,
             workdir=workdir,
@@ -117,13 +137,16 @@ class Production:
             except GenerationError as exc:
                 worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
                 tracing.set_error(gen_span, exc.message)
-                return Failed(exc.code, clip(exc.message), exc.retryable)
+                # The generators' own words: they name no endpoint, path or secret.
+                return failed(exc.code, exc.message, retryable=exc.retryable)
             except Exception as exc:
                 worker_metrics.observe_generation(kind, requested, time.monotonic() - started)
                 log.exception("generator raised")
-                message = str(exc) or type(exc).__name__
-                tracing.set_error(gen_span, message)
-                return Failed(job_pb2.ERROR_CODE_GENERATION_FAILED, clip(message), False)
+                tracing.set_error(gen_span, str(exc) or type(exc).__name__)
+                # A bug or a library's surprise: its text may hold anything.
+                return failed(
+                    job_pb2.ERROR_CODE_GENERATION_FAILED, GENERATOR_CRASHED, retryable=False
+                )
             seconds = time.monotonic() - started
             worker_metrics.observe_generation(kind, result.model, seconds)
             gen_span.set_attribute("media.model", result.model)
@@ -136,14 +159,18 @@ class Production:
         if reporter.aborted:
             raise Aborted()
         if not result.files:
-            return Failed(job_pb2.ERROR_CODE_NO_MEDIA, "the generator produced no files", False)
+            return failed(
+                job_pb2.ERROR_CODE_NO_MEDIA, "the generator produced no files", retryable=False
+            )
         try:
             with tracing.span("upload", attributes={"media.files": len(result.files)}):
                 outputs = await self._storage.store_outputs(job_id, reporter.attempt, result.files)
         except ProbeError as exc:
-            return Failed(job_pb2.ERROR_CODE_GENERATION_FAILED, clip(f"bad output: {exc}"), False)
+            log.warning("bad output: %s", exc)
+            return failed(job_pb2.ERROR_CODE_GENERATION_FAILED, BAD_OUTPUT, retryable=False)
         except UploadError as exc:
-            return Failed(job_pb2.ERROR_CODE_UPLOAD_FAILED, clip(str(exc)), True)
+            log.warning("upload failed: %s", exc)
+            return failed(job_pb2.ERROR_CODE_UPLOAD_FAILED, OUTPUT_NOT_STORED, retryable=True)
         worker_metrics.UPLOAD_BYTES.labels(kind).inc(sum(o.byte_size for o in outputs))
         return Stored(outputs, result.model, list(result.notes), seconds)
 

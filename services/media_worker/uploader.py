@@ -41,14 +41,19 @@ _TRANSFER = TransferConfig(
 
 
 class UploadError(Exception):
-    """An output could not be stored after every attempt."""
+    """An output could not be stored after every attempt. Its text names keys, files and
+    endpoints: for the logs, never for the job (generation.py says what failed in plain words)."""
 
 
 class InputImageError(Exception):
-    """The input image could not be fetched. permanent: retrying will not help."""
+    """The input image could not be fetched or used. permanent: retrying will not help.
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
+    `public` is what the job's owner is told: plain words without keys, endpoints or paths;
+    `detail` (in str(exc), for the logs) may hold those."""
+
+    def __init__(self, public: str, *, permanent: bool, detail: str = "") -> None:
+        super().__init__(f"{public} ({detail})" if detail else public)
+        self.public = public
         self.permanent = permanent
 
 
@@ -188,7 +193,7 @@ class Storage:
                 length = int(response.get("ContentLength") or 0)
                 if length > max_bytes:
                     raise InputImageError(
-                        f"input image is {length} bytes, over the {max_bytes} byte limit",
+                        f"the input image is {length} bytes, over the {max_bytes} byte limit",
                         permanent=True,
                     )
                 # Read one byte past the cap so a store that misreports the length is caught too.
@@ -197,7 +202,7 @@ class Storage:
                 body.close()
             if len(data) > max_bytes:
                 raise InputImageError(
-                    f"input image is over the {max_bytes} byte limit", permanent=True
+                    f"the input image is over the {max_bytes} byte limit", permanent=True
                 )
             return data, str(response.get("ContentType") or "")
 
@@ -207,6 +212,11 @@ class Storage:
             raise
         except Exception as exc:
             missing = _error_code(exc) in _MISSING
+            public = (
+                "the input image is no longer in storage"
+                if missing
+                else "the input image could not be read from storage"
+            )
             raise InputImageError(
-                f"could not fetch the input image {bucket}/{key}: {exc}", permanent=missing
+                public, permanent=missing, detail=f"fetching {bucket}/{key}: {exc}"
             ) from exc

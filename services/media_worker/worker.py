@@ -70,7 +70,11 @@ class MediaWorker:
         self._nc = await self._retry("connect to NATS", self._connect)
         self._js = self._nc.jetstream()
         await self._retry("create streams and consumers", self._ensure)
-        self._s3 = s3 = make_client(settings.s3)
+        # A 16 MiB multipart part can take a while to be acknowledged on a slow link: a longer
+        # read timeout than job_service's small calls; Storage retries whole uploads on top.
+        self._s3 = s3 = make_client(
+            settings.s3, connect_timeout=5.0, read_timeout=60.0, max_attempts=3
+        )
         if settings.s3.create_bucket:
             await self._retry(
                 "create the bucket",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -54,7 +55,13 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def read_input_image(path: str) -> job_pb2.InputImage:
+@dataclass(frozen=True)
+class InputFile:
+    data: bytes
+    mime_type: str
+
+
+def read_input_image(path: str) -> InputFile:
     """The file's bytes with the MIME type Pillow finds in them (not the file name's suffix)."""
     try:
         data = Path(path).read_bytes()
@@ -69,12 +76,13 @@ def read_input_image(path: str) -> job_pb2.InputImage:
     if not mime_type:
         raise InputError(f"--input-image: {path}: no MIME type known for format {image_format}")
     # The server decides which types it accepts, and names the field if it refuses this one.
-    return job_pb2.InputImage(data=data, mime_type=mime_type)
+    return InputFile(data, mime_type)
 
 
 def create_request(args: argparse.Namespace) -> job_service_pb2.CreateJobRequest:
-    """The CreateJobRequest that `create image|video` arguments describe. Limits (counts, sizes,
-    durations) are left to job_service, the one place that checks them."""
+    """The CreateJobRequest that `create image|video` arguments describe, without the input image
+    (uploaded first: see with_upload). Limits (counts, sizes, durations) are left to job_service,
+    the one place that checks them."""
     params: job_pb2.ImageParams | job_pb2.VideoParams
     if args.kind == "image":
         request = job_service_pb2.CreateJobRequest(
@@ -102,9 +110,15 @@ def create_request(args: argparse.Namespace) -> job_service_pb2.CreateJobRequest
     request.request_id = args.request_id or new_request_id()
     params.prompt = args.prompt
     params.model = args.model
-    if args.input_image:
-        params.input_image.CopyFrom(read_input_image(args.input_image))
     return request
+
+
+def with_upload(request: job_service_pb2.CreateJobRequest, upload_id: str, mime_type: str) -> None:
+    """Points the request's input image at an upload (CreateInputUpload, then the PUT)."""
+    which = request.WhichOneof("params")
+    assert which is not None
+    params: job_pb2.ImageParams | job_pb2.VideoParams = getattr(request, which)
+    params.input_image.CopyFrom(job_pb2.InputImage(upload_id=upload_id, mime_type=mime_type))
 
 
 def list_request(args: argparse.Namespace) -> job_service_pb2.ListJobsRequest:

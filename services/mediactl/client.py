@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -19,10 +20,18 @@ from services.common.config import SettingsError
 from services.common.errors import field_violations
 from services.common.server import channel_options
 from services.common.tls import sync_channel
-from services.mediactl.settings import JOB_SERVICE_ENV, NOTIFIER_ENV, TOKEN_ENV, CliSettings
+from services.mediactl.settings import (
+    JOB_SERVICE_ENV,
+    NOTIFIER_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    CliSettings,
+)
+from services.mediactl.tokens import FileToken, StaticToken, TokenError, TokenSource
 
 # UNAVAILABLE means the call never reached a handler or the connection broke, so a retry is safe
-# for reads, and for CreateJob because its request_id makes a repeat return the first job.
+# for reads, for CreateJob because its request_id makes a repeat return the first job, and for
+# CreateInputUpload (a repeat makes an upload that is never used, and swept).
 # CancelJob is left out: a lost response followed by a retry would report FAILED_PRECONDITION.
 _SERVICE_CONFIG = json.dumps(
     {
@@ -30,7 +39,7 @@ _SERVICE_CONFIG = json.dumps(
             {
                 "name": [
                     {"service": "media.v1.JobService", "method": method}
-                    for method in ("CreateJob", "GetJob", "ListJobs")
+                    for method in ("CreateJob", "GetJob", "ListJobs", "CreateInputUpload")
                 ],
                 "retryPolicy": {
                     "maxAttempts": 4,
@@ -68,6 +77,10 @@ class JobService:
     def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
         return cast(pb.CreateJobResponse, self._call(self._stub.CreateJob, request))
 
+    def create_input_upload(self, mime_type: str, byte_size: int) -> pb.CreateInputUploadResponse:
+        request = pb.CreateInputUploadRequest(mime_type=mime_type, byte_size=byte_size)
+        return cast(pb.CreateInputUploadResponse, self._call(self._stub.CreateInputUpload, request))
+
     def get(self, job_id: str) -> pb.GetJobResponse:
         request = pb.GetJobRequest(job_id=job_id)
         return cast(pb.GetJobResponse, self._call(self._stub.GetJob, request))
@@ -88,6 +101,7 @@ class Connection:
     job_addr: str
     notifier_addr: str
     token: str = field(repr=False)
+    token_file: str  # used when no token is given as such
     timeout: float  # deadline of each unary call, in seconds
     tls: bool
 
@@ -101,12 +115,19 @@ class Connection:
         token: str | None,
         timeout: float,
         tls: bool,
+        token_file: str | None = None,
     ) -> Connection:
+        # A flag beats the environment; of two flags (or two variables), the token itself wins.
+        if token or token_file:
+            token, token_file = token or "", "" if token else token_file
+        else:
+            token, token_file = settings.token, settings.token_file
         return cls(
             settings=settings,
             job_addr=(addr or settings.job_addr).strip(),
             notifier_addr=(notifier_addr or settings.notifier_addr).strip(),
-            token=(token or settings.token).strip(),
+            token=(token or "").strip(),
+            token_file=(token_file or "").strip(),
             timeout=timeout,
             tls=tls,
         )
@@ -121,10 +142,26 @@ class Connection:
             raise ConfigError(f"no notifier address: set {NOTIFIER_ENV} or pass --notifier-addr")
         return self.notifier_addr
 
+    def tokens(self) -> TokenSource:
+        """The token, or the token file (read now, and again when a stream's token expires)."""
+        source: TokenSource
+        if self.token:
+            source = StaticToken(self.token)
+        elif self.token_file:
+            source = FileToken(Path(self.token_file))
+        else:
+            raise ConfigError(
+                f"no token: set {TOKEN_ENV} or pass --token (or a file: {TOKEN_FILE_ENV}, "
+                "--token-file; see `mediactl token`)"
+            )
+        try:
+            source.current()  # an unreadable file is a setting to fix, said before any call
+        except TokenError as exc:
+            raise ConfigError(str(exc)) from None
+        return source
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        if not self.token:
-            raise ConfigError(f"no token: set {TOKEN_ENV} or pass --token (see `mediactl token`)")
-        return bearer_metadata(self.token)
+        return bearer_metadata(self.tokens().current())
 
     def channel(self, addr: str) -> grpc.Channel:
         options = [

@@ -12,6 +12,7 @@ from services.mediactl.commands import (
     Handler,
     cmd_cancel,
     cmd_create,
+    cmd_download,
     cmd_get,
     cmd_list,
     cmd_token,
@@ -46,6 +47,25 @@ def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Mapping[str
     parser.add_argument(flag, type=_choice(choices), default=0, metavar="|".join(choices))
 
 
+def _add_choices(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    dest: str,
+    choices: Mapping[str, int],
+    help_text: str,
+) -> None:
+    """A repeatable choice: the enum numbers of every value given (none: no filter)."""
+    parser.add_argument(
+        flag,
+        type=_choice(choices),
+        action="append",
+        default=[],
+        dest=dest,
+        metavar="|".join(choices),
+        help=help_text,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Connection options are accepted before or after the command; SUPPRESS keeps a subcommand
     # from overwriting a value given before it.
@@ -58,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--notifier-addr", default=argparse.SUPPRESS, help="notifier host:port (env NOTIFIER_ADDR)"
     )
     group.add_argument("--token", default=argparse.SUPPRESS, help="bearer JWT (env MEDIA_TOKEN)")
+    group.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="a file holding the bearer JWT, read again when a watch's token expires "
+        "(env MEDIA_TOKEN_FILE)",
+    )
     group.add_argument(
         "--timeout",
         type=float,
@@ -86,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print the response as JSON")
+
+    def output_dir_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+        p.add_argument("-o", "--output-dir", default="", metavar="DIR", help=help_text)
 
     create = commands.add_parser(
         "create", parents=[common], help="create an image or video job", description="create a job"
@@ -119,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="idempotency key; reuse it to retry without a second job (default: random)",
         )
         p.add_argument("--watch", action="store_true", help="then watch the job to its end")
+        output_dir_flag(p, "(--watch) once it SUCCEEDED, save its outputs into DIR")
         json_flag(p)
 
     get = command(commands, "get", cmd_get, "show a job and its outputs")
@@ -134,10 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(list_)
 
     watch = command(
-        commands, "watch", cmd_watch, "follow a job live; exit 0 SUCCEEDED, 1 FAILED, 2 CANCELED"
+        commands,
+        "watch",
+        cmd_watch,
+        "follow a job live (exit 0 SUCCEEDED, 1 FAILED, 2 CANCELED), or with --all every change "
+        "to your jobs until Ctrl-C",
     )
-    watch.add_argument("job_id", metavar="JOB_ID")
-    watch.add_argument("--json", action="store_true", help="print each state as one JSON line")
+    watch.add_argument("job_id", metavar="JOB_ID", nargs="?", default="")
+    watch.add_argument("--all", action="store_true", help="the live feed of all your jobs")
+    _add_choices(watch, "--kind", "kinds", build.KINDS, "(--all) only these kinds; repeatable")
+    _add_choices(
+        watch, "--status", "statuses", build.STATUSES, "(--all) only changes into these; repeatable"
+    )
+    watch.add_argument("--json", action="store_true", help="print each update as one JSON line")
+    output_dir_flag(watch, "(JOB_ID) once it SUCCEEDED, save its outputs into DIR")
+
+    download = command(
+        commands,
+        "download",
+        cmd_download,
+        "save a succeeded job's outputs as JOB_ID-INDEX.EXT, each checked against its sha256",
+    )
+    download.add_argument("job_id", metavar="JOB_ID")
+    download.add_argument(
+        "-o", "--output-dir", default=".", metavar="DIR", help="where (default: here)"
+    )
 
     cancel = command(commands, "cancel", cmd_cancel, "cancel a queued or running job")
     cancel.add_argument("job_id", metavar="JOB_ID")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Mapping
 from datetime import UTC
+from pathlib import Path
 from typing import TextIO
 
 from google.protobuf import json_format
@@ -95,7 +97,8 @@ def prompt_of(job: job_pb2.Job) -> str:
     return getattr(job, which).prompt if which else ""
 
 
-def render_output(output: job_pb2.Output) -> list[str]:
+def render_output(output: job_pb2.Output, saved: Path | None = None) -> list[str]:
+    """`saved`: the file the output was downloaded to, shown instead of its URL (which expires)."""
     facts = [output.content_type or "?", human_bytes(output.byte_size)]
     if output.width or output.height:
         facts.append(f"{output.width}x{output.height}")
@@ -104,7 +107,9 @@ def render_output(output: job_pb2.Output) -> list[str]:
     lines = [f"  #{output.index}  " + ", ".join(facts)]
     if output.sha256:
         lines.append(f"      sha256   {output.sha256}")
-    if output.url:
+    if saved is not None:
+        lines.append(f"      saved    {saved}")
+    elif output.url:
         lines.append(f"      url      {output.url}")
         expires = timestamp(output, "url_expire_time")
         if expires:
@@ -114,7 +119,8 @@ def render_output(output: job_pb2.Output) -> list[str]:
     return lines
 
 
-def render_job(job: job_pb2.Job) -> str:
+def render_job(job: job_pb2.Job, saved: Mapping[int, Path] | None = None) -> str:
+    """`saved`: downloaded files by output index (see render_output)."""
     rows: list[tuple[str, str]] = [
         ("job", job.id),
         ("kind", kind_name(job.kind)),
@@ -146,13 +152,23 @@ def render_job(job: job_pb2.Job) -> str:
     if job.outputs:
         lines.append(f"outputs:   {len(job.outputs)}")
         for output in sorted(job.outputs, key=lambda o: o.index):
-            lines.extend(render_output(output))
+            lines.extend(render_output(output, (saved or {}).get(output.index)))
     return "\n".join(lines)
 
 
 def render_summary(job: job_pb2.Job) -> str:
     """One line: `<id>  image  QUEUED  0%`."""
     return f"{job.id}  {kind_name(job.kind)}  {status_name(job.status)}  {job.progress}%"
+
+
+def feed_line(job: job_pb2.Job) -> str:
+    """One job change in `watch --all`: `<id>  image  RUNNING    50%  generating`."""
+    line = f"{job.id}  {kind_name(job.kind)}  {status_name(job.status):<9} {job.progress:>3}%"
+    if job.status_message:
+        line += f"  {one_line(job.status_message)}"
+    if job.status == FAILED:
+        line += f"  ({one_line(job_error(job))})"
+    return line
 
 
 def render_table(jobs: list[job_pb2.Job], *, prompt_width: int = 40) -> str:

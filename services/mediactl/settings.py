@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import TlsSettings, env_int, env_str
+from services.common.config import DEFAULT_MAX_MESSAGE_BYTES, TlsSettings, env_int, env_str
 
 JOB_SERVICE_ENV = "JOB_SERVICE_ADDR"
 NOTIFIER_ENV = "NOTIFIER_ADDR"
 TOKEN_ENV = "MEDIA_TOKEN"
+TOKEN_FILE_ENV = "MEDIA_TOKEN_FILE"  # read again when a stream's token expires
 SECRET_ENV = "AUTH_JWT_SECRET"  # where `mediactl token` finds the signing secret by default
 
 
@@ -17,6 +18,7 @@ class CliSettings:
     job_addr: str
     notifier_addr: str
     token: str = field(repr=False)
+    token_file: str
     max_message_bytes: int  # the services' GRPC_MAX_MESSAGE_BYTES
     tls: TlsSettings
     audience: str  # of the tokens `mediactl token` mints
@@ -29,7 +31,10 @@ class CliSettings:
             job_addr=env_str(JOB_SERVICE_ENV),
             notifier_addr=env_str(NOTIFIER_ENV),
             token=env_str(TOKEN_ENV),
-            max_message_bytes=env_int("GRPC_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
+            token_file=env_str(TOKEN_FILE_ENV),
+            max_message_bytes=env_int(
+                "GRPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024
+            ),
             tls=TlsSettings.from_env(),
             audience=env_str("AUTH_AUDIENCE", "media"),
             issuer=env_str("AUTH_ISSUER"),

@@ -5,5 +5,5 @@ from __future__ import annotations
 from prometheus_client import Gauge
 
 ACTIVE_WATCH_STREAMS = Gauge(
-    "media_active_watch_streams", "WatchJob streams open on this notifier."
+    "media_active_watch_streams", "WatchJob and WatchJobs streams open on this notifier."
 )

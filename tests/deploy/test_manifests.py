@@ -42,6 +42,7 @@ KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.utils.latest_version())
 APP_IMAGE = "media-pipeline"
 APP_DEPLOYMENTS = ("job-service", "notifier", "media-worker-image", "media-worker-video")
 GRPC_PORTS = {"job-service": 50051, "notifier": 50052, "media-worker": 50053}
+WORKER_SERVICE_PORT = 50054  # job_service's WorkerService, a listener of its own
 METRICS_PORT = 9100
 HEALTH_PORT = 8086
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -419,11 +420,15 @@ def test_services_select_pods_and_name_real_ports(overlay: str) -> None:
 def test_grpc_services_use_cluster_ip_and_declare_h2c(overlay: str) -> None:
     # README "Load balancing": a ClusterIP Service plus the servers' max connection age.
     objs = render(overlay)
-    for name, port in (("job-service", 50051), ("notifier", 50052)):
+    for name, port_name, port in (
+        ("job-service", "grpc", 50051),
+        ("job-service", "grpc-worker", WORKER_SERVICE_PORT),
+        ("notifier", "grpc", 50052),
+    ):
         service = by_name(objs, "Service", name)
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
         assert service["spec"].get("clusterIP") != "None"
-        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == port_name)
         assert grpc_port["port"] == port
         assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
     assert by_name(objs, "Service", "job-service-headless")["spec"]["clusterIP"] == "None"
@@ -438,6 +443,31 @@ def test_job_service_address_points_at_its_service(overlay: str) -> None:
             host, port = addr.rsplit(":", 1)
             service = by_name(objs, "Service", host)
             assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_job_service_limits_every_user(overlay: str) -> None:
+    # One user must not be able to queue unbounded paid generations: both per-user limits on.
+    objs = render(overlay)
+    container = next(containers(by_name(objs, "Deployment", "job-service")["spec"]["template"]))
+    env = env_of(container, objs)
+    for name in ("RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST", "MAX_ACTIVE_JOBS_PER_USER"):
+        value = env.get(name)
+        assert value is not None and int(value) > 0, f"{overlay}: {name}={value!r}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_call_the_worker_listener(overlay: str) -> None:
+    """WorkerService is served on a port of its own (WORKER_LISTEN_ADDR), which clients may not
+    reach; the public port does not serve it."""
+    objs = render(overlay)
+    (js,) = by_name(objs, "Deployment", "job-service")["spec"]["template"]["spec"]["containers"]
+    assert env_of(js, objs)["WORKER_LISTEN_ADDR"] == f"[::]:{WORKER_SERVICE_PORT}"
+    ports = {p["name"]: p["containerPort"] for p in js["ports"]}
+    assert ports["grpc-worker"] == WORKER_SERVICE_PORT
+    for name in ("media-worker-image", "media-worker-video"):
+        (c,) = by_name(objs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        assert env_of(c, objs)["JOB_SERVICE_ADDR"] == f"job-service:{WORKER_SERVICE_PORT}", name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -526,7 +556,7 @@ PATHS = [
     ("ingress-controller", "job-service", 50051),
     ("ingress-controller", "notifier", 50052),
     ("notifier", "job-service", 50051),
-    ("worker", "job-service", 50051),
+    ("worker", "job-service", WORKER_SERVICE_PORT),
     ("worker", "outside", 443),  # Google APIs, S3
     ("prometheus", "job-service", 9100),
     ("prometheus", "notifier", 9100),
@@ -564,6 +594,13 @@ FORBIDDEN = [
     ("worker", "outside", 5432),
     ("migrate", "outside", 443),
     ("migrate", "job-service", 50051),
+    # The internal port (WorkerService) is not the clients', and workers need no other.
+    ("client", "job-service", WORKER_SERVICE_PORT),
+    ("ingress-controller", "job-service", WORKER_SERVICE_PORT),
+    ("stranger", "job-service", WORKER_SERVICE_PORT),
+    ("prometheus", "job-service", WORKER_SERVICE_PORT),
+    ("migrate", "job-service", WORKER_SERVICE_PORT),
+    ("worker", "job-service", 50051),
 ]
 DEV_FORBIDDEN = [
     ("worker", "postgres", 5432),

@@ -28,7 +28,9 @@ from media.v1 import (
     notifier_service_pb2,
     worker_service_pb2,
 )
+from services.common.config import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import field_violations
+from services.common.images import IMAGE_TYPES
 from tests.conftest import workers_paused
 from tests.unit.test_validation import png
 
@@ -58,6 +60,12 @@ METHODS = [
     ("/media.v1.JobService/GetJob", job_service_pb2.GetJobRequest, "user", False),
     ("/media.v1.JobService/ListJobs", job_service_pb2.ListJobsRequest, "user", False),
     ("/media.v1.JobService/CancelJob", job_service_pb2.CancelJobRequest, "user", False),
+    (
+        "/media.v1.JobService/CreateInputUpload",
+        job_service_pb2.CreateInputUploadRequest,
+        "user",
+        False,
+    ),
     ("/media.v1.WorkerService/ClaimJob", worker_service_pb2.ClaimJobRequest, "worker", False),
     (
         "/media.v1.WorkerService/ReportProgress",
@@ -67,9 +75,11 @@ METHODS = [
     ),
     ("/media.v1.WorkerService/CompleteJob", worker_service_pb2.CompleteJobRequest, "worker", False),
     ("/media.v1.NotifierService/WatchJob", notifier_service_pb2.WatchJobRequest, "user", True),
+    ("/media.v1.NotifierService/WatchJobs", notifier_service_pb2.WatchJobsRequest, "user", True),
 ]
 FUZZ_USER = "fuzz-user"
 UNKNOWN_JOB = "01a209ac-9f4e-7224-8e25-1337f2bc5bcc"
+MAX_INPUT_IMAGE_BYTES = 10 * 2**20  # the session stack's default
 
 
 # --- strategies -----------------------------------------------------------------------------
@@ -178,7 +188,10 @@ async def run_property(
 
 
 def _channel(clients, method: str) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
-    return clients.notifier_channel if "NotifierService" in method else clients.job_channel
+    if "NotifierService" in method:
+        return clients.notifier_channel
+    # WorkerService has a listener of its own (WORKER_LISTEN_ADDR).
+    return clients.worker_channel if "WorkerService" in method else clients.job_channel
 
 
 def _metadata(clients, who: str):  # type: ignore[no-untyped-def]
@@ -195,7 +208,12 @@ async def _send(clients, method: str, streaming: bool, body: bytes, metadata) ->
             call = channel.unary_stream(method, **identity)(
                 body, metadata=metadata, timeout=TIMEOUT
             )
-            replies = [reply async for reply in call]
+            replies = []
+            async for reply in call:
+                replies.append(reply)
+                if method.endswith("/WatchJobs") and _snapshot_done(reply):
+                    call.cancel()  # a feed stays open: its opening snapshot is the answer
+                    break
         else:
             replies = [
                 await channel.unary_unary(method, **identity)(
@@ -205,6 +223,11 @@ async def _send(clients, method: str, streaming: bool, body: bytes, metadata) ->
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details()
     return grpc.StatusCode.OK, replies
+
+
+def _snapshot_done(reply: bytes) -> bool:
+    message = notifier_service_pb2.WatchJobsResponse.FromString(reply)
+    return message.WhichOneof("event") == "snapshot_done"
 
 
 def _check(code: grpc.StatusCode, details, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -227,9 +250,17 @@ _BY_JOB_ID = {"GetJob", "CancelJob", "WatchJob", "ClaimJob"}
 def _precise(method: str, request: pb_message.Message) -> grpc.StatusCode | None:
     """The one right answer to a random request, where the request alone decides it."""
     name = method.rsplit("/", 1)[1]
+    if name == "WatchJob" and request.cursor:  # type: ignore[attr-defined]
+        return grpc.StatusCode.INVALID_ARGUMENT  # random: never a cursor the notifier made
     if name in _BY_JOB_ID:
         job_id = request.job_id  # type: ignore[attr-defined]
         return grpc.StatusCode.NOT_FOUND if _is_job_id(job_id) else grpc.StatusCode.INVALID_ARGUMENT
+    if name == "CreateInputUpload":
+        ok = (
+            request.mime_type in IMAGE_TYPES  # type: ignore[attr-defined]
+            and 0 < request.byte_size <= MAX_INPUT_IMAGE_BYTES  # type: ignore[attr-defined]
+        )
+        return grpc.StatusCode.OK if ok else grpc.StatusCode.INVALID_ARGUMENT
     if name == "ListJobs":
         bad = (
             request.page_size < 0  # type: ignore[attr-defined]
@@ -279,15 +310,17 @@ async def test_random_messages_get_proper_answers(
     created: list[job_pb2.Job] = []
 
     async def check(request: pb_message.Message) -> None:
-        code, details = await _send(
-            clients, method, streaming, request.SerializeToString(), metadata
-        )
+        body = request.SerializeToString()
+        code, details = await _send(clients, method, streaming, body, metadata)
         _check(code, details, f"{method}({request!r:.300})")
-        precise = _precise(method, request)
+        # A few huge strings together can make a message over GRPC_MAX_MESSAGE_BYTES, which gRPC
+        # refuses before any check of its fields.
+        too_big = len(body) > DEFAULT_MAX_MESSAGE_BYTES
+        precise = grpc.StatusCode.RESOURCE_EXHAUSTED if too_big else _precise(method, request)
         if precise is not None:
             assert code == precise, f"{method}({request!r:.300}) answered {code.name}: {details!r}"
         if code == grpc.StatusCode.INVALID_ARGUMENT and method.rsplit("/", 1)[1] in _BY_JOB_ID:
-            assert "job_id" in details, details
+            assert "job_id" in details or "cursor" in details, details
         if method.endswith("CreateJob") and code == grpc.StatusCode.OK:
             response = job_service_pb2.CreateJobResponse.FromString(details[0])
             if response.created:
@@ -448,7 +481,7 @@ async def test_random_results_for_a_claimed_job_get_proper_answers(clients, stac
 
 
 async def test_a_message_over_the_size_limit_is_resource_exhausted(clients, stack, deps) -> None:
-    limit = 16 * 1024 * 1024  # GRPC_MAX_MESSAGE_BYTES, the session stack's default
+    limit = DEFAULT_MAX_MESSAGE_BYTES  # GRPC_MAX_MESSAGE_BYTES, the session stack's default
     rows_before = _jobs_of(deps, FUZZ_USER)
     inputs_before = _input_objects(deps)
     request = job_service_pb2.CreateJobRequest(
@@ -460,9 +493,11 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted(clients, stac
         ("/media.v1.JobService/CreateJob", request.SerializeToString()),
         ("/media.v1.JobService/GetJob", b"\x0a" + _varint(limit + 10) + b"a" * (limit + 10)),
     ):
-        code, details = await _send(clients, method, False, body, clients.user(FUZZ_USER))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
-        assert str(limit) in details  # names the limit: "larger than max (N vs. 16777216)"
+        # With a token or without: gRPC refuses the message before any handler sees it.
+        for metadata in (clients.user(FUZZ_USER), ()):
+            code, details = await _send(clients, method, False, body, metadata)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert str(limit) in details  # names the limit: "larger than max (N vs. 2097152)"
     assert _jobs_of(deps, FUZZ_USER) == rows_before
     assert _input_objects(deps) == inputs_before
     _healthy(stack)
@@ -490,9 +525,9 @@ OVER_LIMITS = [
     (_image(prompt="x" * 8001), "image.prompt", "at most 8000 characters"),  # MAX_PROMPT_CHARS
     (_video(prompt="a", negative_prompt="x" * 8001), "video.negative_prompt", "at most 8000"),
     (
-        _image(prompt="a", input_image=job_pb2.InputImage(data=png() + b"\x00" * 10 * 2**20)),
+        _image(prompt="a", input_image=job_pb2.InputImage(data=png() + b"\x00" * 2**20)),
         "image.input_image.data",
-        f"at most {10 * 2**20} bytes",  # MAX_INPUT_IMAGE_BYTES
+        f"at most {2**20} bytes inline",  # MAX_INLINE_IMAGE_BYTES (larger: CreateInputUpload)
     ),
     (_image(prompt="a", number_of_images=5), "image.number_of_images", "between 1 and 4"),
     (_video(prompt="a", number_of_videos=5), "video.number_of_videos", "between 1 and 4"),

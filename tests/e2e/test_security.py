@@ -125,6 +125,7 @@ async def secure(
             "RATE_LIMIT_BURST": str(RATE_BURST),
             "MAX_ACTIVE_JOBS_PER_USER": str(ACTIVE_CAP),
             "PRESIGN_TTL_SECONDS": str(PRESIGN_TTL_SECONDS),
+            "SWEEP_INTERVAL_SECONDS": "0",  # the cap test counts stored inputs before and after
         }
         services = await asyncio.to_thread(
             start_services, root / "run", own, secret, workers=1, extra_env=env

@@ -27,7 +27,12 @@ from tests.faults.helpers import (
 pytestmark = pytest.mark.faults
 
 STACK_WORKERS = 0
-STACK_ENV = {"SHUTDOWN_GRACE_SECONDS": "120"}
+STACK_ENV = {
+    "SHUTDOWN_GRACE_SECONDS": "120",
+    # 200 creates race the SIGTERM: no cap on calls in flight, beyond which gRPC would refuse
+    # them (RESOURCE_EXHAUSTED) before the service sees them, which is not what is tested here.
+    "MAX_CONCURRENT_RPCS": "0",
+}
 
 
 async def add_worker(fault: FaultStack, **env: str) -> ServiceProcess:

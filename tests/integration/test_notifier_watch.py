@@ -1,5 +1,5 @@
-"""WatchJob against a real nats-server with JetStream, with a small fake JobService standing in
-for job_service's GetJob (the one boundary the notifier calls)."""
+"""WatchJob and WatchJobs against a real nats-server with JetStream, with a small fake
+JobReaderService standing in for job_service's reads (the one boundary the notifier calls)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,21 @@ from nats.js import JetStreamContext
 from media.v1 import (
     events_pb2,
     job_pb2,
-    job_service_pb2,
-    job_service_pb2_grpc,
+    job_reader_service_pb2,
+    job_reader_service_pb2_grpc,
     notifier_service_pb2,
     notifier_service_pb2_grpc,
 )
 from services.common import jetstream
-from services.common.config import ServerSettings
+from services.common.auth import NOTIFIER_ROLE, TokenVerifier, mint_token
+from services.common.config import AuthSettings, ServerSettings
 from services.common.errors import field_violations
 from services.common.ids import uuid7
 from services.common.server import ServiceHost
-from services.notifier.hub import EventHub
-from services.notifier.jobs import JobReader, job_service_channel
+from services.notifier.hub import Change, EventHub
+from services.notifier.jobs import JobCache, JobReader, job_service_channel
+from services.notifier.limits import StreamLimits
+from services.notifier.replay import Replayer
 from services.notifier.servicer import SERVICE_NAME, NotifierService
 from tests.servers import NatsServer, free_port
 
@@ -41,67 +44,89 @@ pytestmark = pytest.mark.integration
 # A generous bound so that a broken notifier fails the test instead of hanging it; never a
 # statement about how fast anything should be.
 SAFETY_TIMEOUT = 60.0
-ALICE = "Bearer alice-token"
-BOB = "Bearer bob-token"
-TOKENS = {ALICE: "alice", BOB: "bob"}
+SECRET = "integration-secret-" + "x" * 20
+AUTH = AuthSettings(jwt_secret=SECRET, audience="media", issuer="")
+ALICE = "Bearer " + mint_token(SECRET, "alice")
+BOB = "Bearer " + mint_token(SECRET, "bob")
+NOTIFIER_TOKEN = mint_token(SECRET, "notifier", roles=(NOTIFIER_ROLE,))
 SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
 RUNNING = job_pb2.JOB_STATUS_RUNNING
 QUEUED = job_pb2.JOB_STATUS_QUEUED
 
 
-class FakeJobService(job_service_pb2_grpc.JobServiceServicer):
-    """GetJob only: checks the forwarded authorization like job_service and answers with the
-    job's state at the moment of the call, with a URL on outputs once it succeeded."""
+class FakeJobReader(job_reader_service_pb2_grpc.JobReaderServiceServicer):
+    """ReadJobs and ListActiveJobs: checks the notifier's own credential like job_service and
+    answers with the jobs' state at the moment of the call, with a URL on outputs."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, tuple[str, job_pb2.Job]] = {}
         self.calls = 0
-        self.authorizations: list[str] = []
+        self.read_ids: list[list[str]] = []
         self._hold: asyncio.Event | None = None
         self.held = asyncio.Event()
 
     def hold_next_call(self) -> asyncio.Event:
-        """The next GetJob reads its state, then waits for the returned event before answering."""
+        """The next ReadJobs reads its state, then waits for the returned event to answer."""
         self._hold = asyncio.Event()
         self.held.clear()
         return self._hold
 
-    async def GetJob(
-        self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
-    ) -> job_service_pb2.GetJobResponse:
+    async def _check(self, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
         self.calls += 1
         authorization = dict(context.invocation_metadata() or ()).get("authorization", "")
-        self.authorizations.append(str(authorization))
-        owner = TOKENS.get(str(authorization))
-        if owner is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token: fake says no")
-        entry = self.jobs.get(request.job_id)
-        if entry is None or entry[0] != owner:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
-        job = job_pb2.Job()
-        job.CopyFrom(entry[1])
+        if authorization != f"Bearer {NOTIFIER_TOKEN}":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "notifier credential only")
+
+    async def ReadJobs(
+        self,
+        request: job_reader_service_pb2.ReadJobsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> job_reader_service_pb2.ReadJobsResponse:
+        await self._check(context)
+        self.read_ids.append(list(request.job_ids))
+        found = []
+        for job_id in request.job_ids:
+            entry = self.jobs.get(job_id)
+            if entry is None:
+                continue
+            job = job_pb2.Job()
+            job.CopyFrom(entry[1])
+            for output in job.outputs:
+                output.url = f"https://s3.example.invalid/{output.key}?signature=fresh"
+            found.append(job_reader_service_pb2.OwnedJob(owner=entry[0], job=job))
         if self._hold is not None:
             hold, self._hold = self._hold, None
             self.held.set()
             await hold.wait()
-        for output in job.outputs:
-            output.url = f"https://s3.example.invalid/{output.key}?signature=fresh"
-        return job_service_pb2.GetJobResponse(job=job)
+        return job_reader_service_pb2.ReadJobsResponse(jobs=found)
+
+    async def ListActiveJobs(
+        self,
+        request: job_reader_service_pb2.ListActiveJobsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> job_reader_service_pb2.ListActiveJobsResponse:
+        await self._check(context)
+        jobs = [
+            job
+            for owner, job in self.jobs.values()
+            if owner == request.owner
+            and job.status in (QUEUED, RUNNING)
+            and (not request.kinds or job.kind in request.kinds)
+        ]
+        return job_reader_service_pb2.ListActiveJobsResponse(jobs=sorted(jobs, key=lambda j: j.id))
 
 
 @dataclass
 class ScriptedJob:
     """Plays job_service for one job: change the state, then publish the event (outbox order)."""
 
-    fake: FakeJobService
+    fake: FakeJobReader
     js: JetStreamContext
     job: job_pb2.Job
     owner: str
 
     @classmethod
-    def create(
-        cls, fake: FakeJobService, js: JetStreamContext, owner: str = "alice"
-    ) -> ScriptedJob:
+    def create(cls, fake: FakeJobReader, js: JetStreamContext, owner: str = "alice") -> ScriptedJob:
         job = job_pb2.Job(id=str(uuid7()), kind=job_pb2.MEDIA_KIND_IMAGE, status=QUEUED, version=1)
         scripted = cls(fake, js, job, owner)
         fake.jobs[job.id] = (owner, job)
@@ -122,12 +147,12 @@ class ScriptedJob:
     async def publish(self, job: job_pb2.Job, msg_id: str | None = None) -> None:
         """Publishes until JetStream stores it; one Nats-Msg-Id, so a retry is deduplicated."""
         headers = {"Nats-Msg-Id": msg_id or str(uuid.uuid4())}
-        payload = events_pb2.JobEvent(job=job).SerializeToString()
+        payload = events_pb2.JobEvent(job=job, owner=self.owner).SerializeToString()
         async with asyncio.timeout(SAFETY_TIMEOUT):
             while True:
                 try:
                     await self.js.publish(
-                        jetstream.event_subject(job.id),
+                        jetstream.event_subject(self.owner, job.id),
                         payload,
                         stream=jetstream.EVENTS_STREAM,
                         headers=headers,
@@ -146,6 +171,7 @@ class ScriptedJob:
 @dataclass
 class Notifier:
     hub: EventHub
+    cache: JobCache
     servicer: NotifierService
     stub: notifier_service_pb2_grpc.NotifierServiceStub
 
@@ -156,9 +182,19 @@ async def running_notifier(
 ) -> AsyncIterator[Notifier]:
     nc = await jetstream.connect(nats_url, "notifier-test")
     channel = job_service_channel(job_service_addr, 4 * 1024 * 1024)
-    hub = EventHub(nc.jetstream(), watcher_queue_size=queue_size, idle_heartbeat_seconds=0.5)
+    cache = JobCache(JobReader(channel, NOTIFIER_TOKEN, timeout_seconds=5))
+    hub = EventHub(
+        nc.jetstream(), queue_size=queue_size, idle_heartbeat_seconds=0.5, observer=cache
+    )
     await hub.start()
-    servicer = NotifierService(hub, JobReader(channel, timeout_seconds=5))
+    servicer = NotifierService(
+        hub,
+        cache,
+        Replayer(nc.jetstream()),
+        TokenVerifier(AUTH),
+        StreamLimits(per_user=100, total=1000),
+        heartbeat_seconds=600,
+    )
     host = ServiceHost(
         "notifier",
         ServerSettings(
@@ -174,12 +210,13 @@ async def running_notifier(
     port = await host.start()
     client = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Notifier(hub, servicer, notifier_service_pb2_grpc.NotifierServiceStub(client))
+        yield Notifier(hub, cache, servicer, notifier_service_pb2_grpc.NotifierServiceStub(client))
     finally:
         await client.close()
         hub.close()
         await host.stop()
         await hub.stop()
+        await cache.close()
         await nc.close()
         await channel.close()
 
@@ -196,10 +233,10 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fake_jobs() -> AsyncIterator[tuple[FakeJobService, str]]:
-    fake = FakeJobService()
+async def fake_jobs() -> AsyncIterator[tuple[FakeJobReader, str]]:
+    fake = FakeJobReader()
     server = grpc.aio.server()
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(fake, server)
+    job_reader_service_pb2_grpc.add_JobReaderServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield fake, f"127.0.0.1:{port}"
@@ -215,14 +252,14 @@ async def publisher(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
 
 @pytest_asyncio.fixture(scope="module")
 async def notifier(
-    nats_server: NatsServer, fake_jobs: tuple[FakeJobService, str]
+    nats_server: NatsServer, fake_jobs: tuple[FakeJobReader, str]
 ) -> AsyncIterator[Notifier]:
     async with running_notifier(nats_server.url, fake_jobs[1]) as running:
         yield running
 
 
 @pytest.fixture
-def fake(fake_jobs: tuple[FakeJobService, str]) -> FakeJobService:
+def fake(fake_jobs: tuple[FakeJobReader, str]) -> FakeJobReader:
     return fake_jobs[0]
 
 
@@ -243,11 +280,12 @@ async def next_job(call: grpc.aio.UnaryStreamCall) -> job_pb2.Job:
 
 
 async def rest(call: grpc.aio.UnaryStreamCall) -> list[job_pb2.Job]:
-    """Every remaining message until the stream ends (OK, or raising its error)."""
+    """Every remaining job message until the stream ends (OK, or raising its error)."""
     jobs: list[job_pb2.Job] = []
     async with asyncio.timeout(SAFETY_TIMEOUT):
         while (message := await call.read()) is not grpc.aio.EOF:
-            jobs.append(message.job)
+            if message.WhichOneof("event") == "job":
+                jobs.append(message.job)
     return jobs
 
 
@@ -258,7 +296,7 @@ async def failure(call: grpc.aio.UnaryStreamCall) -> grpc.aio.AioRpcError:
 
 
 async def test_snapshot_then_every_change_in_order_then_the_end(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     calls_before = fake.calls
@@ -278,12 +316,13 @@ async def test_snapshot_then_every_change_in_order_then_the_end(
     # The final message is a fresh read, so it carries presigned URLs the events never have.
     assert jobs[-1].outputs[0].url.endswith("signature=fresh")
     assert await call.code() == grpc.StatusCode.OK
+    # One read when the watch opened and one for the final state, with the notifier's own
+    # credential (FakeJobReader refuses any other).
     assert fake.calls - calls_before == 2
-    assert set(fake.authorizations[-2:]) == {ALICE}  # forwarded unchanged
 
 
 async def test_an_upper_case_job_id_is_watched_as_the_canonical_one(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     call = watch(notifier, job.job.id.upper())
@@ -293,7 +332,7 @@ async def test_an_upper_case_job_id_is_watched_as_the_canonical_one(
 
 
 async def test_job_already_finished_sends_one_message(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     job.advance(SUCCEEDED, 100)
@@ -302,11 +341,12 @@ async def test_job_already_finished_sends_one_message(
     assert jobs[0].outputs[0].url
 
 
-async def test_many_watchers_each_see_every_event(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+async def test_many_watchers_each_see_every_event_and_share_two_reads(
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
-    calls = [watch(notifier, job.job.id) for _ in range(5)]
+    calls_before = fake.calls
+    calls = [watch(notifier, job.job.id) for _ in range(50)]
     for call in calls:
         assert (await next_job(call)).version == 1  # each one is registered from here on
     await job.change(RUNNING)
@@ -315,12 +355,16 @@ async def test_many_watchers_each_see_every_event(
     results = await asyncio.gather(*(rest(call) for call in calls))
     for jobs in results:
         assert [(j.version, j.status) for j in jobs] == [(2, RUNNING), (3, RUNNING), (4, SUCCEEDED)]
+        assert jobs[-1].outputs[0].url.endswith("signature=fresh")
+    # However many watchers: the first read and the final read, once each.
+    assert fake.calls - calls_before == 2
     assert notifier.servicer.active_streams == 0
     assert notifier.hub.watcher_count == 0
+    assert notifier.cache.size == 0  # memory goes back down with the streams
 
 
 async def test_duplicate_and_older_versions_are_skipped(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     first_state = job.job
@@ -337,7 +381,7 @@ async def test_duplicate_and_older_versions_are_skipped(
 
 
 async def test_another_users_job_is_not_found(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher, owner="alice")
     error = await failure(watch(notifier, job.job.id, authorization=BOB))
@@ -346,17 +390,21 @@ async def test_another_users_job_is_not_found(
     assert notifier.hub.watcher_count == 0
 
 
-async def test_a_bad_token_is_passed_through_as_unauthenticated(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+async def test_a_bad_token_is_unauthenticated_before_anything_is_read(
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
-    error = await failure(watch(notifier, job.job.id, authorization="Bearer forged"))
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error.details() == "invalid token: fake says no"
+    calls_before = fake.calls
+    forged = "Bearer " + mint_token("another-secret-" + "y" * 20, "alice")
+    for job_id in (job.job.id, "not-a-uuid"):
+        for token in ("Bearer forged", forged):
+            error = await failure(watch(notifier, job_id, authorization=token))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert fake.calls == calls_before
 
 
 async def test_missing_authorization_never_reaches_job_service(
-    notifier: Notifier, fake: FakeJobService, publisher: JetStreamContext
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     calls_before = fake.calls
@@ -381,38 +429,47 @@ async def test_invalid_job_id_is_invalid_argument(notifier: Notifier, job_id: st
     assert [field for field, _ in field_violations(error)] == ["job_id"]
 
 
-async def test_a_lagging_watcher_resyncs_and_still_gets_the_terminal_state(
+async def newest_known(notifier: Notifier, job_id: str, version: int) -> None:
+    """Until the notifier's cache holds `version` of the job (the hub has dealt with it)."""
+    async with asyncio.timeout(SAFETY_TIMEOUT):
+        while True:
+            if (notifier.cache.latest(job_id) or job_pb2.Job()).version >= version:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_lagging_watcher_resyncs_from_the_cache_and_still_gets_the_end(
     nats_server: NatsServer,
-    fake: FakeJobService,
-    fake_jobs: tuple[FakeJobService, str],
+    fake: FakeJobReader,
+    fake_jobs: tuple[FakeJobReader, str],
     publisher: JetStreamContext,
 ) -> None:
     async with running_notifier(nats_server.url, fake_jobs[1], queue_size=2) as small:
         job = ScriptedJob.create(fake, publisher)
         release = fake.hold_next_call()
         call = watch(small, job.job.id)
-        reading = asyncio.create_task(rest(call))
         async with asyncio.timeout(SAFETY_TIMEOUT):
             await fake.held.wait()  # registered with the hub; its first read saw version 1
-        with small.hub.watch(job.job.id, limit=100) as probe:
-            await job.change(RUNNING)
-            for progress in (20, 40, 60):
-                await job.change(RUNNING, progress)
-            last = await job.change(SUCCEEDED, 100)
-            # When the probe has the last event, the hub has offered all of them to the
-            # watcher too, whose reader is still stuck in its first GetJob: it has lagged.
-            async with asyncio.timeout(SAFETY_TIMEOUT):
-                while await probe.next() != last:
-                    pass
+        await job.change(RUNNING)
+        for progress in (20, 40, 60):
+            last = await job.change(RUNNING, progress)
+        # The hub keeps the held job's newest state: once it is the last event, all of them
+        # were offered to the watcher, whose reader is still in its first read: it has lagged.
+        await newest_known(small, job.job.id, last.version)
+        calls_before = fake.calls
         release.set()
-        jobs = await reading
-    assert [(j.version, j.status) for j in jobs] == [(1, QUEUED), (6, SUCCEEDED)]
+        first = await next_job(call)
+        await job.change(SUCCEEDED, 100)
+        jobs = [first, *await rest(call)]
+    # The newest state at once, then the end; the resync itself needed no read.
+    assert [(j.version, j.status) for j in jobs] == [(5, RUNNING), (6, SUCCEEDED)]
     assert jobs[-1].outputs[0].url
     assert small.hub.lagged_total == 1
+    assert fake.calls - calls_before == 1  # the final read only
 
 
 async def test_job_service_unreachable_is_unavailable(
-    nats_server: NatsServer, fake: FakeJobService, publisher: JetStreamContext
+    nats_server: NatsServer, fake: FakeJobReader, publisher: JetStreamContext
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
     async with running_notifier(nats_server.url, f"127.0.0.1:{free_port()}") as orphan:
@@ -422,8 +479,8 @@ async def test_job_service_unreachable_is_unavailable(
 
 async def test_shutdown_ends_open_watches_with_unavailable(
     nats_server: NatsServer,
-    fake: FakeJobService,
-    fake_jobs: tuple[FakeJobService, str],
+    fake: FakeJobReader,
+    fake_jobs: tuple[FakeJobReader, str],
     publisher: JetStreamContext,
 ) -> None:
     job = ScriptedJob.create(fake, publisher)
@@ -436,7 +493,7 @@ async def test_shutdown_ends_open_watches_with_unavailable(
 
 
 async def test_a_nats_restart_loses_no_later_event(
-    tmp_path: Path, fake: FakeJobService, fake_jobs: tuple[FakeJobService, str]
+    tmp_path: Path, fake: FakeJobReader, fake_jobs: tuple[FakeJobReader, str]
 ) -> None:
     server = NatsServer(tmp_path / "nats")
     await server.start()
@@ -466,7 +523,7 @@ async def test_a_nats_restart_loses_no_later_event(
 
 
 async def test_a_nats_restart_before_any_event_replays_nothing_old(
-    tmp_path: Path, fake: FakeJobService
+    tmp_path: Path, fake: FakeJobReader
 ) -> None:
     server = NatsServer(tmp_path / "nats")
     await server.start()
@@ -478,19 +535,220 @@ async def test_a_nats_restart_before_any_event_replays_nothing_old(
         await job.publish(job.job)
         await job.change(RUNNING)  # both stored before the hub starts
         hub_nc = await jetstream.connect(server.url, "notifier-test")
-        hub = EventHub(hub_nc.jetstream(), watcher_queue_size=8, idle_heartbeat_seconds=0.5)
+        hub = EventHub(hub_nc.jetstream(), queue_size=8, idle_heartbeat_seconds=0.5)
         await hub.start()
         try:
-            with hub.watch(job.job.id) as watcher:
+            with hub.watch_job(job.job.id) as watcher:
                 await server.stop()
                 await server.start()
                 new = await job.change(RUNNING, 50)
                 # The recreated consumer delivers in stream order, so a replay would come first.
                 async with asyncio.timeout(SAFETY_TIMEOUT):
-                    assert await watcher.next() == new
+                    item = await watcher.next()
+                assert isinstance(item, Change) and item.job == new
         finally:
             await hub.stop()
             await hub_nc.close()
         await nc.close()
     finally:
         await server.stop()
+
+
+# --- WatchJobs ------------------------------------------------------------------------------
+
+
+def feed(
+    notifier: Notifier, authorization: str = ALICE, cursor: str = ""
+) -> grpc.aio.UnaryStreamCall:
+    return notifier.stub.WatchJobs(
+        notifier_service_pb2.WatchJobsRequest(cursor=cursor),
+        metadata=(("authorization", authorization),),
+    )
+
+
+async def opening(call: grpc.aio.UnaryStreamCall) -> tuple[list[str], str]:
+    """The feed's opening: (IDs of the snapshot's jobs, the cursor of snapshot_done)."""
+    ids = []
+    async with asyncio.timeout(SAFETY_TIMEOUT):
+        while True:
+            message = await call.read()
+            assert message is not grpc.aio.EOF
+            if message.WhichOneof("event") == "snapshot_done":
+                return ids, message.cursor
+            ids.append(message.job.id)
+
+
+async def feed_changes(
+    call: grpc.aio.UnaryStreamCall, count: int
+) -> tuple[list[tuple[str, int]], str]:
+    found, cursor = [], ""
+    async with asyncio.timeout(SAFETY_TIMEOUT):
+        while len(found) < count:
+            message = await call.read()
+            assert message is not grpc.aio.EOF
+            if message.WhichOneof("event") == "job":
+                found.append((message.job.id, message.job.version))
+                cursor = message.cursor
+    return found, cursor
+
+
+async def test_a_feed_resumes_exactly_on_another_replica(
+    nats_server: NatsServer,
+    fake: FakeJobReader,
+    fake_jobs: tuple[FakeJobReader, str],
+    publisher: JetStreamContext,
+) -> None:
+    mine = ScriptedJob.create(fake, publisher)
+    theirs = ScriptedJob.create(fake, publisher, owner="bob")
+    async with running_notifier(nats_server.url, fake_jobs[1]) as first:
+        call = feed(first)
+        ids, _ = await opening(call)
+        assert mine.job.id in ids and theirs.job.id not in ids
+        v2 = await mine.change(RUNNING)
+        seen, cursor = await feed_changes(call, 1)
+        assert seen == [(mine.job.id, v2.version)]
+        call.cancel()
+    missed = []
+    for progress in (10, 20, 30):
+        missed.append(await mine.change(RUNNING, progress))
+        await theirs.change(RUNNING, progress)
+    later = ScriptedJob.create(fake, publisher)
+    missed.append(later.job)
+    await later.publish(later.job)
+    async with running_notifier(nats_server.url, fake_jobs[1]) as second:
+        resumed = feed(second, cursor=cursor)
+        seen, _ = await feed_changes(resumed, len(missed))
+        assert seen == [(j.id, j.version) for j in missed]
+        end = await mine.change(SUCCEEDED, 100)  # the next message is the next change
+        seen, _ = await feed_changes(resumed, 1)
+        assert seen == [(mine.job.id, end.version)]
+        resumed.cancel()
+
+
+async def test_a_cursor_older_than_the_retention_gets_a_reset_then_the_snapshot(
+    tmp_path: Path, fake: FakeJobReader, fake_jobs: tuple[FakeJobReader, str]
+) -> None:
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    try:
+        nc = await jetstream.connect(server.url, "job-service-test")
+        js = nc.jetstream()
+        await jetstream.ensure_streams(js)
+        job = ScriptedJob.create(fake, js)
+        async with running_notifier(server.url, fake_jobs[1]) as running:
+            call = feed(running)
+            _, cursor = await opening(call)
+            call.cancel()
+            await job.change(RUNNING)
+            await job.change(RUNNING, 50)
+            await js.purge_stream(jetstream.EVENTS_STREAM)  # as if they had aged out
+            resumed = feed(running, cursor=cursor)
+            async with asyncio.timeout(SAFETY_TIMEOUT):
+                first = await resumed.read()
+            assert first.WhichOneof("event") == "reset"
+            assert "retention" in first.reset.reason
+            ids, _ = await opening(resumed)
+            assert job.job.id in ids
+            resumed.cancel()
+        await nc.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_cursor_of_a_recreated_stream_gets_a_reset(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    fake: FakeJobReader,
+    fake_jobs: tuple[FakeJobReader, str],
+) -> None:
+    async with running_notifier(nats_server.url, fake_jobs[1]) as old:
+        call = feed(old)
+        _, cursor = await opening(call)
+        call.cancel()
+    server = NatsServer(tmp_path / "nats")  # another stream: other sequence numbers
+    await server.start()
+    try:
+        nc = await nats.connect(server.url)
+        await jetstream.ensure_streams(nc.jetstream())
+        await nc.close()
+        async with running_notifier(server.url, fake_jobs[1]) as new:
+            for message_of in (
+                feed(new, cursor=cursor),
+                new.stub.WatchJob(
+                    notifier_service_pb2.WatchJobRequest(
+                        job_id=ScriptedJob.create(fake, new.hub._js).job.id, cursor=cursor
+                    ),
+                    metadata=(("authorization", ALICE),),
+                ),
+            ):
+                async with asyncio.timeout(SAFETY_TIMEOUT):
+                    first = await message_of.read()
+                    assert first.WhichOneof("event") == "reset"
+                    second = await message_of.read()  # then the state as it is now
+                assert second.WhichOneof("event") == "job"
+                message_of.cancel()
+    finally:
+        await server.stop()
+
+
+async def test_a_feed_that_falls_behind_ends_and_resumes_from_its_cursor(
+    nats_server: NatsServer,
+    fake: FakeJobReader,
+    fake_jobs: tuple[FakeJobReader, str],
+    publisher: JetStreamContext,
+) -> None:
+    async with running_notifier(nats_server.url, fake_jobs[1], queue_size=2) as small:
+        done = ScriptedJob.create(fake, publisher)
+        busy = ScriptedJob.create(fake, publisher)
+        call = feed(small)
+        await opening(call)
+        release = fake.hold_next_call()
+        # A finished job's message waits for its final read (held), while more changes come.
+        end = await done.change(SUCCEEDED, 100)
+        async with asyncio.timeout(SAFETY_TIMEOUT):
+            await fake.held.wait()
+        after = [await busy.change(RUNNING, p) for p in (10, 20, 30)]
+        await newest_seen(small, after[-1])
+        release.set()
+        seen, cursor = await feed_changes(call, 1)
+        assert seen == [(done.job.id, end.version)]
+        error = await failure(call)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details() == "fell behind; resume with the last cursor"
+        resumed = feed(small, cursor=cursor)
+        seen, _ = await feed_changes(resumed, len(after))
+        assert seen == [(busy.job.id, j.version) for j in after]
+        resumed.cancel()
+
+
+async def newest_seen(notifier: Notifier, job: job_pb2.Job) -> None:
+    """Until the notifier's hub has dealt with the event of `job` (its position passed it)."""
+    async with asyncio.timeout(SAFETY_TIMEOUT):
+        while True:
+            info = await notifier.hub._js.stream_info(jetstream.EVENTS_STREAM)
+            if notifier.hub.position >= info.state.last_seq:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_the_snapshot_cursor_is_past_the_events_it_shows(
+    notifier: Notifier, fake: FakeJobReader, publisher: JetStreamContext
+) -> None:
+    """A job listed in the snapshot whose event reaches the stream only afterwards (the outbox
+    publishes just after the commit): resuming from snapshot_done must not send it again."""
+    job = ScriptedJob.create(fake, publisher, owner="carol")
+    job.job.update_time.GetCurrentTime()  # changed just now: its event may still be on its way
+    carol = "Bearer " + mint_token(SECRET, "carol")
+    call = feed(notifier, carol)
+    async with asyncio.timeout(SAFETY_TIMEOUT):
+        listed = await call.read()
+    assert listed.job.id == job.job.id
+    await job.publish(job.job)  # the listed job's event arrives after the listing
+    ids, cursor = await opening(call)
+    assert ids == []  # (the listed job came first)
+    call.cancel()
+    v2 = await job.change(RUNNING)
+    resumed = feed(notifier, carol, cursor=cursor)
+    seen, _ = await feed_changes(resumed, 1)
+    assert seen == [(job.job.id, v2.version)]
+    resumed.cancel()

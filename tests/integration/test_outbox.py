@@ -66,7 +66,7 @@ def new_job(owner: str) -> NewJob:
 
 async def events_of(js, job_id: str) -> list[events_pb2.JobEvent]:  # type: ignore[no-untyped-def]
     sub = await js.subscribe(
-        jetstream.event_subject(job_id),
+        jetstream.job_events(job_id),
         ordered_consumer=True,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from devstack import demo
 from devstack.demo import find_job_id
 from devstack.procs import StartupError, free_port
 from devstack.services import ServiceProcess, health_serving
@@ -117,3 +119,52 @@ def test_find_job_id_prefers_uuid7() -> None:
     assert find_job_id(f"request {request_id}\njob {job_id} QUEUED") == job_id
     assert find_job_id(f"request {request_id}") == request_id
     assert find_job_id("nothing here") is None
+
+
+FAKE_MEDIACTL = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    kind, out = args[1], Path(args[args.index("-o") + 1])
+    job_id = {"image": "01932c07-8a9f-7cc4-9a1d-00000000000a",
+              "video": "01932c07-8a9f-7cc4-9a1d-00000000000b"}[kind]
+    ext = {"image": "png", "video": "mp4"}[kind]
+    print(f"created job {job_id}  ({kind}, QUEUED)")
+    print("SUCCEEDED 100%  attempt 1  done")
+    print(f"job:       {job_id}")
+    print(f"      saved    {out / f'{job_id}-0.{ext}'}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{job_id}-0.{ext}").write_bytes(b"media")
+    """
+)
+
+
+def test_demo_shows_each_job_once_and_lists_the_saved_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "fake_mediactl.py"
+    script.write_text(FAKE_MEDIACTL)
+    calls: list[tuple[str, ...]] = []
+
+    def fake_mediactl(*args: str) -> list[str]:
+        calls.append(args)
+        return [sys.executable, str(script), *args]
+
+    monkeypatch.setattr(demo, "mediactl", fake_mediactl)
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / ".run" / "outputs"
+    assert demo.run_demo({}, outputs) == 0
+    out = capfd.readouterr().out
+    # One mediactl run per job (create --watch, saving into the run directory); no `get` after.
+    assert [call[:2] for call in calls] == [("create", "image"), ("create", "video")]
+    assert all(call[-2:] == ("-o", ".run/outputs") and "--watch" in call for call in calls)
+    image, video = "01932c07-8a9f-7cc4-9a1d-00000000000a", "01932c07-8a9f-7cc4-9a1d-00000000000b"
+    assert out.count(f"job:       {image}") == 1
+    assert out.splitlines()[-4:] == [
+        f"image job {image}: succeeded",
+        f"  .run/outputs/{image}-0.png",
+        f"video job {video}: succeeded",
+        f"  .run/outputs/{video}-0.mp4",
+    ]

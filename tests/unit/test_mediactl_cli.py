@@ -6,13 +6,17 @@ details and stream breaks are the real thing; only the job state behind them is 
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from PIL import Image
 
 from media.v1 import (
     job_pb2,
@@ -26,6 +30,7 @@ from services.common.config import AuthSettings
 from services.common.errors import invalid_argument
 from services.mediactl import exit_codes
 from services.mediactl.main import main
+from services.mediactl.tokens import StaticToken
 from services.mediactl.watch import Backoff, WatchError, watch_job
 
 TOKEN = "test-token"
@@ -79,6 +84,15 @@ def _authorized(context: grpc.ServicerContext) -> bool:
 class FakeJobService(job_service_pb2_grpc.JobServiceServicer):
     requests: list[object] = field(default_factory=list)
     final: job_pb2.Job = field(default_factory=job_pb2.Job)
+    upload_url: str = ""  # what CreateInputUpload answers
+
+    def CreateInputUpload(self, request, context):
+        if not _authorized(context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing token")
+        self.requests.append(request)
+        return job_service_pb2.CreateInputUploadResponse(
+            upload_id="upload-1", url=self.upload_url, headers={"Content-Type": request.mime_type}
+        )
 
     def CreateJob(self, request, context):
         if not _authorized(context):
@@ -192,6 +206,83 @@ def test_create_image_sends_the_request_with_the_token(env: Fakes, capsys) -> No
     assert request.image.prompt == "a red fox"
     assert request.image.number_of_images == 2
     assert request.request_id
+
+
+@dataclass
+class Storage:
+    """Stands in for object storage behind a presigned PUT URL: records each PUT."""
+
+    url: str
+    puts: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    status: int = 200
+
+
+@pytest.fixture
+def storage() -> Iterator[Storage]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    made = Storage(f"http://127.0.0.1:{server.server_address[1]}")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            made.puts.append((self.path, dict(self.headers), body))
+            self.send_response(made.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield made
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _png_file(tmp_path) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (0, 90, 200)).save(buffer, format="PNG")
+    path = tmp_path / "input.png"
+    path.write_bytes(buffer.getvalue())
+    return str(path), buffer.getvalue()
+
+
+def test_create_uploads_the_input_image_then_names_the_upload(
+    env: Fakes, storage: Storage, tmp_path, capsys
+) -> None:
+    env.jobs.upload_url = f"{storage.url}/media/uploads/upload-1?X-Amz-Signature=abc"
+    path, data = _png_file(tmp_path)
+    code = main(["create", "image", "--prompt", "p", "--input-image", path])
+    assert code == exit_codes.EXIT_OK, capsys.readouterr().err
+    asked, created = env.jobs.requests
+    assert asked == job_service_pb2.CreateInputUploadRequest(
+        mime_type="image/png", byte_size=len(data)
+    )
+    # A plain HTTP PUT of the file to the URL, with the headers the server gave.
+    [(where, headers, body)] = storage.puts
+    assert where == "/media/uploads/upload-1?X-Amz-Signature=abc"
+    assert body == data
+    assert headers["Content-Type"] == "image/png" and headers["Content-Length"] == str(len(data))
+    # The image is not in the CreateJob message, only the upload.
+    assert created.image.input_image == job_pb2.InputImage(
+        upload_id="upload-1", mime_type="image/png"
+    )
+
+
+def test_a_refused_upload_is_an_error_and_creates_nothing(
+    env: Fakes, storage: Storage, tmp_path, capsys
+) -> None:
+    storage.status = 403
+    env.jobs.upload_url = f"{storage.url}/media/uploads/upload-1"
+    path, _ = _png_file(tmp_path)
+    code = main(["create", "image", "--prompt", "p", "--input-image", path])
+    assert code == exit_codes.EXIT_RPC_ERROR
+    assert "refused the input image: HTTP 403" in capsys.readouterr().err
+    assert [type(r) for r in env.jobs.requests] == [job_service_pb2.CreateInputUploadRequest]
 
 
 def test_create_with_a_known_request_id_says_so(env: Fakes, capsys) -> None:
@@ -343,7 +434,7 @@ def test_watch_gives_up_when_the_notifier_stays_unreachable() -> None:
             watch_job(
                 stub,
                 JOB_ID,
-                (),
+                StaticToken(TOKEN),
                 lambda job: None,
                 on_reconnect=lambda reason, delay: retries.append(delay),
                 backoff=Backoff(max_failures=3),
@@ -383,7 +474,7 @@ def _watch(
         watch_job(
             notifier_service_pb2_grpc.NotifierServiceStub(channel),
             JOB_ID,
-            (("authorization", f"Bearer {TOKEN}"),),
+            StaticToken(TOKEN),
             seen.append,
             on_reconnect=lambda reason, delay: reasons.append(reason),
             backoff=backoff,

@@ -97,16 +97,24 @@ def test_request_id_defaults_to_a_fresh_random_one() -> None:
 def test_input_image_mime_type_comes_from_the_bytes(tmp_path: Path, fmt: str, mime: str) -> None:
     # A misleading suffix: the type must come from the content.
     path = _image_file(tmp_path, fmt, "input.gif")
+    image = build.read_input_image(str(path))
+    assert image.mime_type == mime
+    assert image.data == path.read_bytes()
+
+
+def test_the_input_image_travels_as_an_upload_not_in_the_request(tmp_path: Path) -> None:
+    path = _image_file(tmp_path, "PNG", "input.png")
     request = _request("create", "video", "--prompt", "p", "--input-image", str(path))
-    assert request.video.input_image.mime_type == mime
-    assert request.video.input_image.data == path.read_bytes()
+    assert not request.video.HasField("input_image")  # added once the image is uploaded
+    build.with_upload(request, "u-1", "image/png")
+    assert request.video.input_image == job_pb2.InputImage(upload_id="u-1", mime_type="image/png")
 
 
 def test_input_image_that_is_not_an_image_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("not an image")
     with pytest.raises(build.InputError, match="not an image"):
-        _request("create", "image", "--prompt", "p", "--input-image", str(path))
+        build.read_input_image(str(path))
 
 
 def test_missing_input_image_is_a_usage_error(tmp_path: Path, capsys) -> None:

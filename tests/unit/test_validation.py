@@ -1,4 +1,6 @@
+import hashlib
 import io
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -40,11 +42,11 @@ def video(**kw: object) -> job_service_pb2.CreateJobRequest:
 
 
 def test_defaults_are_filled_in() -> None:
-    out = validation.create_request(image(prompt="a cat"), LIMITS)
+    out = validation.create_request(image(prompt="a cat"), LIMITS).request
     assert out.image.number_of_images == 1
     assert out.image.size == "1024x1024"
     assert out.image.format == job_pb2.IMAGE_FORMAT_PNG
-    out = validation.create_request(video(prompt="waves"), LIMITS)
+    out = validation.create_request(video(prompt="waves"), LIMITS).request
     assert out.video.duration_seconds == 8
     assert out.video.aspect_ratio == job_pb2.ASPECT_RATIO_16_9
     assert out.video.number_of_videos == 1
@@ -93,10 +95,15 @@ def test_every_bad_field_is_reported_at_once() -> None:
 
 
 def test_input_image_is_sniffed_and_checked() -> None:
-    ok = validation.create_request(
-        image(prompt="a", input_image=job_pb2.InputImage(data=png(fmt="JPEG"))), LIMITS
-    )
-    assert ok.image.input_image.mime_type == "image/jpeg"
+    data = png(fmt="JPEG")
+    request = image(prompt="a", input_image=job_pb2.InputImage(data=data))
+    ok = validation.create_request(request, LIMITS)
+    assert ok.request is request  # normalized in place: no copy of the request or its image
+    assert ok.request.image.input_image.mime_type == "image/jpeg"
+    # The bytes moved out of the request, which is hashed and stored without them.
+    assert ok.image == data and not request.image.input_image.data
+    assert ok.image_sha256 == hashlib.sha256(data).digest()
+    assert ok.take_image() == data and ok.image is None
     assert fields(image(prompt="a", input_image=job_pb2.InputImage(data=b"not an image"))) == [
         "image.input_image.data"
     ]
@@ -112,6 +119,65 @@ def test_input_image_is_sniffed_and_checked() -> None:
     assert fields(image(prompt="a", input_image=job_pb2.InputImage(data=png(), key="x"))) == [
         "image.input_image.key"
     ]
+
+
+def test_inline_images_over_the_inline_limit_are_sent_to_create_input_upload() -> None:
+    small = replace(LIMITS, max_inline_image_bytes=1024)
+    data = png(64, 64, "BMP")[:2000]  # over 1024 bytes; not looked at further
+    with pytest.raises(RpcError) as caught:
+        validation.create_request(
+            image(prompt="a", input_image=job_pb2.InputImage(data=data)), small
+        )
+    [(field, description)] = caught.value.violations
+    assert field == "image.input_image.data"
+    assert "at most 1024 bytes inline" in description and "CreateInputUpload" in description
+    # Inline images off altogether.
+    off = replace(LIMITS, max_inline_image_bytes=0)
+    with pytest.raises(RpcError) as caught:
+        validation.create_request(
+            image(prompt="a", input_image=job_pb2.InputImage(data=png())), off
+        )
+    assert [f for f, _ in caught.value.violations] == ["image.input_image.data"]
+
+
+def test_an_upload_id_is_checked_for_form_only() -> None:
+    upload_id = "4b0f7c39-5d0c-4a5e-9a53-2a6b5a0c1f00"
+    ok = validation.create_request(
+        video(prompt="a", input_image=job_pb2.InputImage(upload_id=upload_id)), LIMITS
+    )
+    assert str(ok.upload_id) == upload_id and ok.image is None
+    assert ok.input_field == "video.input_image"
+    assert fields(image(prompt="a", input_image=job_pb2.InputImage(upload_id="nope"))) == [
+        "image.input_image.upload_id"
+    ]
+    both = job_pb2.InputImage(upload_id=upload_id, data=png())
+    assert fields(image(prompt="a", input_image=both)) == ["image.input_image.upload_id"]
+    odd_type = job_pb2.InputImage(upload_id=upload_id, mime_type="image/gif")
+    assert fields(image(prompt="a", input_image=odd_type)) == ["image.input_image.mime_type"]
+    assert fields(image(prompt="a", input_image=job_pb2.InputImage())) == ["image.input_image.data"]
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "byte_size", "bad"),
+    [
+        ("image/png", 1, []),
+        ("image/webp", 200_000, []),
+        ("image/gif", 10, ["mime_type"]),
+        ("", 10, ["mime_type"]),
+        ("image/png", 0, ["byte_size"]),
+        ("image/png", -5, ["byte_size"]),
+        ("image/png", 200_001, ["byte_size"]),
+        ("text/plain", 2**62, ["mime_type", "byte_size"]),
+    ],
+)
+def test_input_upload_requests(mime_type: str, byte_size: int, bad: list[str]) -> None:
+    request = job_service_pb2.CreateInputUploadRequest(mime_type=mime_type, byte_size=byte_size)
+    if not bad:
+        validation.input_upload_request(request, LIMITS)
+        return
+    with pytest.raises(RpcError) as caught:
+        validation.input_upload_request(request, LIMITS)
+    assert [f for f, _ in caught.value.violations] == bad
 
 
 def test_list_page_size_is_coerced_and_filters_checked() -> None:

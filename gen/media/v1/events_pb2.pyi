@@ -53,21 +53,28 @@ Global___JobDispatch: _TypeAlias = JobDispatch  # noqa: Y015
 
 @_typing.final
 class JobEvent(_message.Message):
-    """Payload on media.events.<job_id>: the job as it is after a change (without URLs)."""
+    """Payload on media.events.<owner_key>.<job_id> (owner_key: the first 32 hex digits of the
+    sha256 of the owner): the job as it is after a change (without URLs). Internal: clients never
+    see it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """the job's owner (its creator's token subject), for the notifier's feeds"""
     @_builtins.property
     def job(self) -> _job_pb2.Job: ...
     def __init__(
         self,
         *,
         job: _job_pb2.Job | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

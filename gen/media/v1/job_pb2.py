@@ -26,39 +26,39 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12media/v1/job.proto\x12\x08media.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\nInputImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\"\xf4\x01\n\x0bImageParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x0binput_image\x18\x02 \x01(\x0b\x32\x14.media.v1.InputImage\x12\x18\n\x10number_of_images\x18\x03 \x01(\x05\x12\x0c\n\x04size\x18\x04 \x01(\t\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.media.v1.ImageFormat\x12#\n\x05style\x18\x06 \x01(\x0e\x32\x14.media.v1.ImageStyle\x12\'\n\x07quality\x18\x07 \x01(\x0e\x32\x16.media.v1.ImageQuality\x12\r\n\x05model\x18\x08 \x01(\t\"\x88\x02\n\x0bVideoParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12)\n\x0binput_image\x18\x03 \x01(\x0b\x32\x14.media.v1.InputImage\x12+\n\x0c\x61spect_ratio\x18\x04 \x01(\x0e\x32\x15.media.v1.AspectRatio\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x05\x12\x18\n\x10number_of_videos\x18\x06 \x01(\x05\x12\x35\n\x11person_generation\x18\x07 \x01(\x0e\x32\x1a.media.v1.PersonGeneration\x12\r\n\x05model\x18\x08 \x01(\t\"\xe8\x01\n\x06Output\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x11\n\tbyte_size\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x0b\n\x03url\x18\n \x01(\t\x12\x33\n\x0furl_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x08JobError\x12!\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x13.media.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdc\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.media.v1.MediaKind\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.media.v1.JobStatus\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12&\n\x05image\x18\x07 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x08 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x12!\n\x07outputs\x18\t \x03(\x0b\x32\x10.media.v1.Output\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.media.v1.JobError\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\r\n\x05model\x18\x0c \x01(\t\x12\x32\n\x0fgeneration_time\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x12 \x01(\x03\x42\x08\n\x06params*S\n\tMediaKind\x12\x1a\n\x16MEDIA_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_KIND_IMAGE\x10\x01\x12\x14\n\x10MEDIA_KIND_VIDEO\x10\x02*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x17\n\x13JOB_STATUS_CANCELED\x10\x05*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*\x85\x02\n\nImageStyle\x12\x1b\n\x17IMAGE_STYLE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIMAGE_STYLE_PHOTOREALISTIC\x10\x01\x12\x1b\n\x17IMAGE_STYLE_DIGITAL_ART\x10\x02\x12\x1c\n\x18IMAGE_STYLE_ILLUSTRATION\x10\x03\x12\x15\n\x11IMAGE_STYLE_ANIME\x10\x04\x12\x1a\n\x16IMAGE_STYLE_WATERCOLOR\x10\x05\x12\x16\n\x12IMAGE_STYLE_SKETCH\x10\x06\x12\x19\n\x15IMAGE_STYLE_CINEMATIC\x10\x07\x12\x19\n\x15IMAGE_STYLE_3D_RENDER\x10\x08*a\n\x0cImageQuality\x12\x1d\n\x19IMAGE_QUALITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMAGE_QUALITY_STANDARD\x10\x01\x12\x16\n\x12IMAGE_QUALITY_HIGH\x10\x02*Y\n\x0b\x41spectRatio\x12\x1c\n\x18\x41SPECT_RATIO_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41SPECT_RATIO_16_9\x10\x01\x12\x15\n\x11\x41SPECT_RATIO_9_16\x10\x02*\x9b\x01\n\x10PersonGeneration\x12!\n\x1dPERSON_GENERATION_UNSPECIFIED\x10\x00\x12 \n\x1cPERSON_GENERATION_DONT_ALLOW\x10\x01\x12!\n\x1dPERSON_GENERATION_ALLOW_ADULT\x10\x02\x12\x1f\n\x1bPERSON_GENERATION_ALLOW_ALL\x10\x03*\xfd\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x01\x12 \n\x1c\x45RROR_CODE_GENERATION_FAILED\x10\x02\x12\x1d\n\x19\x45RROR_CODE_SAFETY_BLOCKED\x10\x03\x12\x17\n\x13\x45RROR_CODE_NO_MEDIA\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x06\x12#\n\x1f\x45RROR_CODE_UPSTREAM_UNAVAILABLE\x10\x07\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x08\x12\x1c\n\x18\x45RROR_CODE_UPLOAD_FAILED\x10\t\x12!\n\x1d\x45RROR_CODE_ATTEMPTS_EXHAUSTED\x10\n\x12\x1c\n\x18\x45RROR_CODE_CONFIGURATION\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12media/v1/job.proto\x12\x08media.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\nInputImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x11\n\tupload_id\x18\x05 \x01(\t\"\xf4\x01\n\x0bImageParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x0binput_image\x18\x02 \x01(\x0b\x32\x14.media.v1.InputImage\x12\x18\n\x10number_of_images\x18\x03 \x01(\x05\x12\x0c\n\x04size\x18\x04 \x01(\t\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.media.v1.ImageFormat\x12#\n\x05style\x18\x06 \x01(\x0e\x32\x14.media.v1.ImageStyle\x12\'\n\x07quality\x18\x07 \x01(\x0e\x32\x16.media.v1.ImageQuality\x12\r\n\x05model\x18\x08 \x01(\t\"\x88\x02\n\x0bVideoParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12)\n\x0binput_image\x18\x03 \x01(\x0b\x32\x14.media.v1.InputImage\x12+\n\x0c\x61spect_ratio\x18\x04 \x01(\x0e\x32\x15.media.v1.AspectRatio\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x05\x12\x18\n\x10number_of_videos\x18\x06 \x01(\x05\x12\x35\n\x11person_generation\x18\x07 \x01(\x0e\x32\x1a.media.v1.PersonGeneration\x12\r\n\x05model\x18\x08 \x01(\t\"\xe8\x01\n\x06Output\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x11\n\tbyte_size\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x0b\n\x03url\x18\n \x01(\t\x12\x33\n\x0furl_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x08JobError\x12!\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x13.media.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdc\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.media.v1.MediaKind\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.media.v1.JobStatus\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12&\n\x05image\x18\x07 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x08 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x12!\n\x07outputs\x18\t \x03(\x0b\x32\x10.media.v1.Output\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.media.v1.JobError\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\r\n\x05model\x18\x0c \x01(\t\x12\x32\n\x0fgeneration_time\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x12 \x01(\x03\x42\x08\n\x06params*S\n\tMediaKind\x12\x1a\n\x16MEDIA_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_KIND_IMAGE\x10\x01\x12\x14\n\x10MEDIA_KIND_VIDEO\x10\x02*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x17\n\x13JOB_STATUS_CANCELED\x10\x05*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*\x85\x02\n\nImageStyle\x12\x1b\n\x17IMAGE_STYLE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIMAGE_STYLE_PHOTOREALISTIC\x10\x01\x12\x1b\n\x17IMAGE_STYLE_DIGITAL_ART\x10\x02\x12\x1c\n\x18IMAGE_STYLE_ILLUSTRATION\x10\x03\x12\x15\n\x11IMAGE_STYLE_ANIME\x10\x04\x12\x1a\n\x16IMAGE_STYLE_WATERCOLOR\x10\x05\x12\x16\n\x12IMAGE_STYLE_SKETCH\x10\x06\x12\x19\n\x15IMAGE_STYLE_CINEMATIC\x10\x07\x12\x19\n\x15IMAGE_STYLE_3D_RENDER\x10\x08*a\n\x0cImageQuality\x12\x1d\n\x19IMAGE_QUALITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMAGE_QUALITY_STANDARD\x10\x01\x12\x16\n\x12IMAGE_QUALITY_HIGH\x10\x02*Y\n\x0b\x41spectRatio\x12\x1c\n\x18\x41SPECT_RATIO_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41SPECT_RATIO_16_9\x10\x01\x12\x15\n\x11\x41SPECT_RATIO_9_16\x10\x02*\x9b\x01\n\x10PersonGeneration\x12!\n\x1dPERSON_GENERATION_UNSPECIFIED\x10\x00\x12 \n\x1cPERSON_GENERATION_DONT_ALLOW\x10\x01\x12!\n\x1dPERSON_GENERATION_ALLOW_ADULT\x10\x02\x12\x1f\n\x1bPERSON_GENERATION_ALLOW_ALL\x10\x03*\xfd\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x01\x12 \n\x1c\x45RROR_CODE_GENERATION_FAILED\x10\x02\x12\x1d\n\x19\x45RROR_CODE_SAFETY_BLOCKED\x10\x03\x12\x17\n\x13\x45RROR_CODE_NO_MEDIA\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x06\x12#\n\x1f\x45RROR_CODE_UPSTREAM_UNAVAILABLE\x10\x07\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x08\x12\x1c\n\x18\x45RROR_CODE_UPLOAD_FAILED\x10\t\x12!\n\x1d\x45RROR_CODE_ATTEMPTS_EXHAUSTED\x10\n\x12\x1c\n\x18\x45RROR_CODE_CONFIGURATION\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'media.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEDIAKIND']._serialized_start=1593
-  _globals['_MEDIAKIND']._serialized_end=1676
-  _globals['_JOBSTATUS']._serialized_start=1679
-  _globals['_JOBSTATUS']._serialized_end=1839
-  _globals['_IMAGEFORMAT']._serialized_start=1841
-  _globals['_IMAGEFORMAT']._serialized_end=1952
-  _globals['_IMAGESTYLE']._serialized_start=1955
-  _globals['_IMAGESTYLE']._serialized_end=2216
-  _globals['_IMAGEQUALITY']._serialized_start=2218
-  _globals['_IMAGEQUALITY']._serialized_end=2315
-  _globals['_ASPECTRATIO']._serialized_start=2317
-  _globals['_ASPECTRATIO']._serialized_end=2406
-  _globals['_PERSONGENERATION']._serialized_start=2409
-  _globals['_PERSONGENERATION']._serialized_end=2564
-  _globals['_ERRORCODE']._serialized_start=2567
-  _globals['_ERRORCODE']._serialized_end=2948
+  _globals['_MEDIAKIND']._serialized_start=1612
+  _globals['_MEDIAKIND']._serialized_end=1695
+  _globals['_JOBSTATUS']._serialized_start=1698
+  _globals['_JOBSTATUS']._serialized_end=1858
+  _globals['_IMAGEFORMAT']._serialized_start=1860
+  _globals['_IMAGEFORMAT']._serialized_end=1971
+  _globals['_IMAGESTYLE']._serialized_start=1974
+  _globals['_IMAGESTYLE']._serialized_end=2235
+  _globals['_IMAGEQUALITY']._serialized_start=2237
+  _globals['_IMAGEQUALITY']._serialized_end=2334
+  _globals['_ASPECTRATIO']._serialized_start=2336
+  _globals['_ASPECTRATIO']._serialized_end=2425
+  _globals['_PERSONGENERATION']._serialized_start=2428
+  _globals['_PERSONGENERATION']._serialized_end=2583
+  _globals['_ERRORCODE']._serialized_start=2586
+  _globals['_ERRORCODE']._serialized_end=2967
   _globals['_INPUTIMAGE']._serialized_start=97
-  _globals['_INPUTIMAGE']._serialized_end=171
-  _globals['_IMAGEPARAMS']._serialized_start=174
-  _globals['_IMAGEPARAMS']._serialized_end=418
-  _globals['_VIDEOPARAMS']._serialized_start=421
-  _globals['_VIDEOPARAMS']._serialized_end=685
-  _globals['_OUTPUT']._serialized_start=688
-  _globals['_OUTPUT']._serialized_end=920
-  _globals['_JOBERROR']._serialized_start=922
-  _globals['_JOBERROR']._serialized_end=984
-  _globals['_JOB']._serialized_start=987
-  _globals['_JOB']._serialized_end=1591
+  _globals['_INPUTIMAGE']._serialized_end=190
+  _globals['_IMAGEPARAMS']._serialized_start=193
+  _globals['_IMAGEPARAMS']._serialized_end=437
+  _globals['_VIDEOPARAMS']._serialized_start=440
+  _globals['_VIDEOPARAMS']._serialized_end=704
+  _globals['_OUTPUT']._serialized_start=707
+  _globals['_OUTPUT']._serialized_end=939
+  _globals['_JOBERROR']._serialized_start=941
+  _globals['_JOBERROR']._serialized_end=1003
+  _globals['_JOB']._serialized_start=1006
+  _globals['_JOB']._serialized_end=1610
 # @@protoc_insertion_point(module_scope)

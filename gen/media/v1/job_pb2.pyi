@@ -234,8 +234,10 @@ Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
 class InputImage(_message.Message):
-    """An image given as input (editing, image-to-video). Clients send data and mime_type; the service
-    stores the bytes in object storage and returns bucket and key in their place.
+    """An image given as input (editing, image-to-video). A client sends either data (small images,
+    up to MAX_INLINE_IMAGE_BYTES, 1 MiB by default) or upload_id (an image it uploaded after
+    JobService.CreateInputUpload, up to MAX_INPUT_IMAGE_BYTES), never both. The service keeps the
+    image in object storage and returns bucket and key (and no data) in its place.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -244,13 +246,17 @@ class InputImage(_message.Message):
     MIME_TYPE_FIELD_NUMBER: _builtins.int
     BUCKET_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """the image's bytes, inline"""
     mime_type: _builtins.str
-    """image/png, image/jpeg or image/webp"""
+    """image/png, image/jpeg or image/webp; optional (the bytes tell)"""
     bucket: _builtins.str
     """output only"""
     key: _builtins.str
     """output only"""
+    upload_id: _builtins.str
+    """from CreateInputUpload, after the image was PUT to its URL"""
     def __init__(
         self,
         *,
@@ -258,10 +264,11 @@ class InputImage(_message.Message):
         mime_type: _builtins.str = ...,
         bucket: _builtins.str = ...,
         key: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "data", b"data", "key", b"key", "mime_type", b"mime_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "data", b"data", "key", b"key", "mime_type", b"mime_type", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

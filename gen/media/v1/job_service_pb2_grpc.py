@@ -55,6 +55,11 @@ class JobServiceStub:
                 request_serializer=media_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=media_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.CreateInputUpload = channel.unary_unary(
+                '/media.v1.JobService/CreateInputUpload',
+                request_serializer=media_dot_v1_dot_job__service__pb2.CreateInputUploadRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_job__service__pb2.CreateInputUploadResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -89,6 +94,18 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInputUpload(self, request, context):
+        """A place to upload an input image to, for images too large to send inline (over
+        MAX_INLINE_IMAGE_BYTES, 1 MiB by default) or from clients that upload directly, such as
+        browsers and mobile apps. PUT the image's bytes to `url` with every header of `headers` before
+        `expire_time`; storage refuses a body of another size or type than declared. Then send
+        CreateJob with `input_image.upload_id` set to `upload_id`. An upload serves one job, and only
+        its creator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +128,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=media_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=media_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'CreateInputUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInputUpload,
+                    request_deserializer=media_dot_v1_dot_job__service__pb2.CreateInputUploadRequest.FromString,
+                    response_serializer=media_dot_v1_dot_job__service__pb2.CreateInputUploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +244,33 @@ class JobService:
             '/media.v1.JobService/CancelJob',
             media_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             media_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInputUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/media.v1.JobService/CreateInputUpload',
+            media_dot_v1_dot_job__service__pb2.CreateInputUploadRequest.SerializeToString,
+            media_dot_v1_dot_job__service__pb2.CreateInputUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

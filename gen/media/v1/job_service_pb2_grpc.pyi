@@ -42,6 +42,14 @@ class JobServiceStub:
     """The caller's jobs, newest first."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """Cancels a QUEUED or RUNNING job."""
+    CreateInputUpload: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CreateInputUploadRequest, _job_service_pb2.CreateInputUploadResponse]
+    """A place to upload an input image to, for images too large to send inline (over
+    MAX_INLINE_IMAGE_BYTES, 1 MiB by default) or from clients that upload directly, such as
+    browsers and mobile apps. PUT the image's bytes to `url` with every header of `headers` before
+    `expire_time`; storage refuses a body of another size or type than declared. Then send
+    CreateJob with `input_image.upload_id` set to `upload_id`. An upload serves one job, and only
+    its creator.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -57,6 +65,14 @@ class JobServiceAsyncStub(JobServiceStub):
     """The caller's jobs, newest first."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Cancels a QUEUED or RUNNING job."""
+    CreateInputUpload: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CreateInputUploadRequest, _job_service_pb2.CreateInputUploadResponse]  # type: ignore[assignment]
+    """A place to upload an input image to, for images too large to send inline (over
+    MAX_INLINE_IMAGE_BYTES, 1 MiB by default) or from clients that upload directly, such as
+    browsers and mobile apps. PUT the image's bytes to `url` with every header of `headers` before
+    `expire_time`; storage refuses a body of another size or type than declared. Then send
+    CreateJob with `input_image.upload_id` set to `upload_id`. An upload serves one job, and only
+    its creator.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """The client API. Every call needs `authorization: Bearer <JWT>`; the token's subject owns the jobs."""
@@ -93,5 +109,19 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """Cancels a QUEUED or RUNNING job."""
+
+    @_abc_1.abstractmethod
+    def CreateInputUpload(
+        self,
+        request: _job_service_pb2.CreateInputUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.CreateInputUploadResponse, _abc.Awaitable[_job_service_pb2.CreateInputUploadResponse]]:
+        """A place to upload an input image to, for images too large to send inline (over
+        MAX_INLINE_IMAGE_BYTES, 1 MiB by default) or from clients that upload directly, such as
+        browsers and mobile apps. PUT the image's bytes to `url` with every header of `headers` before
+        `expire_time`; storage refuses a body of another size or type than declared. Then send
+        CreateJob with `input_image.upload_id` set to `upload_id`. An upload serves one job, and only
+        its creator.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class NotifierServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -39,13 +42,33 @@ class NotifierServiceStub:
                 request_serializer=media_dot_v1_dot_notifier__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=media_dot_v1_dot_notifier__service__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/media.v1.NotifierService/WatchJobs',
+                request_serializer=media_dot_v1_dot_notifier__service__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_notifier__service__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
 
 
 class NotifierServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
 
     def WatchJob(self, request, context):
-        """Sends the job's current state, then every change in order, and ends after a terminal state.
+        """Sends the job's current state, then every change in order, and ends after a finished state.
+        With a cursor from an earlier stream of the same job it resumes after that position instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobs(self, request, context):
+        """Every change to any job the caller owns, in commit order. Without a cursor it opens with the
+        caller's unfinished jobs (then `snapshot_done`), so a gallery can draw itself from the stream
+        alone; with the cursor of the last message seen it sends every change made since, and none
+        twice. A cursor older than the retention gets `reset` first: list the jobs again, then carry
+        on from the stream. Idle streams get a heartbeat at a fixed interval.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +82,11 @@ def add_NotifierServiceServicer_to_server(servicer, server):
                     request_deserializer=media_dot_v1_dot_notifier__service__pb2.WatchJobRequest.FromString,
                     response_serializer=media_dot_v1_dot_notifier__service__pb2.WatchJobResponse.SerializeToString,
             ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=media_dot_v1_dot_notifier__service__pb2.WatchJobsRequest.FromString,
+                    response_serializer=media_dot_v1_dot_notifier__service__pb2.WatchJobsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'media.v1.NotifierService', rpc_method_handlers)
@@ -68,7 +96,10 @@ def add_NotifierServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotifierService:
-    """Missing associated documentation comment in .proto file."""
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
 
     @staticmethod
     def WatchJob(request,
@@ -87,6 +118,33 @@ class NotifierService:
             '/media.v1.NotifierService/WatchJob',
             media_dot_v1_dot_notifier__service__pb2.WatchJobRequest.SerializeToString,
             media_dot_v1_dot_notifier__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/media.v1.NotifierService/WatchJobs',
+            media_dot_v1_dot_notifier__service__pb2.WatchJobsRequest.SerializeToString,
+            media_dot_v1_dot_notifier__service__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

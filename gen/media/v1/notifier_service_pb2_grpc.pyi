@@ -27,26 +27,74 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NotifierServiceStub:
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NotifierServiceAsyncStub: ...
     WatchJob: _grpc.UnaryStreamMultiCallable[_notifier_service_pb2.WatchJobRequest, _notifier_service_pb2.WatchJobResponse]
-    """Sends the job's current state, then every change in order, and ends after a terminal state."""
+    """Sends the job's current state, then every change in order, and ends after a finished state.
+    With a cursor from an earlier stream of the same job it resumes after that position instead.
+    """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_notifier_service_pb2.WatchJobsRequest, _notifier_service_pb2.WatchJobsResponse]
+    """Every change to any job the caller owns, in commit order. Without a cursor it opens with the
+    caller's unfinished jobs (then `snapshot_done`), so a gallery can draw itself from the stream
+    alone; with the cursor of the last message seen it sends every change made since, and none
+    twice. A cursor older than the retention gets `reset` first: list the jobs again, then carry
+    on from the stream. Idle streams get a heartbeat at a fixed interval.
+    """
 
 @_typing.type_check_only
 class NotifierServiceAsyncStub(NotifierServiceStub):
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     WatchJob: _aio.UnaryStreamMultiCallable[_notifier_service_pb2.WatchJobRequest, _notifier_service_pb2.WatchJobResponse]  # type: ignore[assignment]
-    """Sends the job's current state, then every change in order, and ends after a terminal state."""
+    """Sends the job's current state, then every change in order, and ends after a finished state.
+    With a cursor from an earlier stream of the same job it resumes after that position instead.
+    """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_notifier_service_pb2.WatchJobsRequest, _notifier_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """Every change to any job the caller owns, in commit order. Without a cursor it opens with the
+    caller's unfinished jobs (then `snapshot_done`), so a gallery can draw itself from the stream
+    alone; with the cursor of the last message seen it sends every change made since, and none
+    twice. A cursor older than the retention gets `reset` first: list the jobs again, then carry
+    on from the stream. Idle streams get a heartbeat at a fixed interval.
+    """
 
 class NotifierServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Live status of jobs. Every call needs `authorization: Bearer <JWT>`; a caller sees only its own
+    jobs (another user's job is NOT_FOUND). A stream ends with UNAUTHENTICATED when its token
+    expires: watch again with a fresh token and the last cursor, and nothing is lost.
+    """
+
     @_abc_1.abstractmethod
     def WatchJob(
         self,
         request: _notifier_service_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_notifier_service_pb2.WatchJobResponse], _abc.AsyncIterator[_notifier_service_pb2.WatchJobResponse]]:
-        """Sends the job's current state, then every change in order, and ends after a terminal state."""
+        """Sends the job's current state, then every change in order, and ends after a finished state.
+        With a cursor from an earlier stream of the same job it resumes after that position instead.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _notifier_service_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_notifier_service_pb2.WatchJobsResponse], _abc.AsyncIterator[_notifier_service_pb2.WatchJobsResponse]]:
+        """Every change to any job the caller owns, in commit order. Without a cursor it opens with the
+        caller's unfinished jobs (then `snapshot_done`), so a gallery can draw itself from the stream
+        alone; with the cursor of the last message seen it sends every change made since, and none
+        twice. A cursor older than the retention gets `reset` first: list the jobs again, then carry
+        on from the stream. Idle streams get a heartbeat at a fixed interval.
+        """
 
 def add_NotifierServiceServicer_to_server(servicer: NotifierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

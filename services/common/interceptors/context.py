@@ -9,7 +9,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from services.common import logs, tracing
 from services.common.interceptors.chain import Call, Context, Interceptor, Method, Request, Result
-from services.common.interceptors.errors import code_of
+from services.common.interceptors.errors import code_of, code_returned
 
 
 class CallContext(Interceptor):
@@ -37,10 +37,14 @@ class CallContext(Interceptor):
                     record_errors=False,  # set from the status below instead
                 ) as current:
                     try:
-                        return await call(request, context)
+                        result = await call(request, context)
                     except BaseException as exc:
                         _record(current, code_of(exc, context), exc)
                         raise
+                    code = code_returned(context)
+                    if code is not grpc.StatusCode.OK:  # a refusal ends with its status set
+                        _record(current, code, None)
+                    return result
             finally:
                 logs.unbind_job_id(token)
 
@@ -52,10 +56,10 @@ def _job_id(request: Request) -> str:
     return job_id if isinstance(job_id, str) else ""
 
 
-def _record(current: Span, code: grpc.StatusCode, exc: BaseException) -> None:
+def _record(current: Span, code: grpc.StatusCode, exc: BaseException | None) -> None:
     current.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in tracing.SERVER_ERRORS:
         tracing.set_error(current, code.name)
-        if code is grpc.StatusCode.INTERNAL:
+        if code is grpc.StatusCode.INTERNAL and exc is not None:
             # The failure itself, which Errors chained to the abort it answered with.
             current.record_exception(exc.__cause__ or exc)

@@ -34,6 +34,13 @@ class Errors(Interceptor):
         async def mapped(request: Request, context: Context) -> Result:
             try:
                 return await call(request, context)
+            except (RpcError, AuthError) as exc:
+                # An expected refusal ends the call with its status set rather than raised: an
+                # abort keeps the request alive in a reference cycle (exception, traceback,
+                # frames) until the cycle collector runs, and a flood of refused calls would
+                # hold that much memory.
+                _refuse(exc, context)
+                return None
             except Exception as exc:
                 if _grpc_own(exc):  # the handler aborted itself, or the call ended under it
                     raise
@@ -63,15 +70,21 @@ def _grpc_own(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("grpc")
 
 
+def _refuse(exc: RpcError | AuthError, context: Context) -> None:
+    if isinstance(exc, RpcError):
+        status = exc.to_status()
+        context.set_code(status.code)
+        context.set_details(status.details)
+        context.set_trailing_metadata(status.trailing_metadata)
+    else:
+        context.set_code(exc.code)
+        context.set_details(exc.message)
+
+
 async def _abort(exc: Exception, context: Context, path: str) -> NoReturn:
     try:
-        if isinstance(exc, RpcError):
-            await context.abort_with_status(exc.to_status())
-        elif isinstance(exc, AuthError):
-            await context.abort(exc.code, exc.message)
-        else:
-            log.error("unhandled error in %s", path, exc_info=exc)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        log.error("unhandled error in %s", path, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     except grpc.aio.AbortError as aborted:
         # Chained, so that the concerns outside (the span) can tell what the status stands for.
         raise aborted from exc

@@ -55,13 +55,14 @@ class GoogleGenerator:
             raise
         except Exception as exc:
             # A bug or an SDK surprise: keep the traceback in the log, scrubbed of secrets,
-            # and give the job a message that cannot leak the API key either.
+            # and give the job a message without the exception's text, which may name keys,
+            # endpoints or paths.
             scrub = self._factory.scrub
             trace = "".join(traceback.format_exception(exc))
             log.error("google generator failed: %s", scrub(trace, limit=None))
             raise GenerationError(
                 ErrorCode.ERROR_CODE_INTERNAL,
-                scrub(f"unexpected {type(exc).__name__}: {exc}"),
+                f"the Google generator failed unexpectedly ({type(exc).__name__})",
             ) from None
         raise GenerationError(
             ErrorCode.ERROR_CODE_INVALID_REQUEST,

@@ -8,7 +8,9 @@ large video is never held in memory twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -20,6 +22,7 @@ from services.media_worker.generators.base import GenerationError
 from services.media_worker.generators.google_client import ClientFactory
 
 ErrorCode = job_pb2.ErrorCode
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -30,7 +33,9 @@ def gcs_media_url(uri: str, endpoint: str) -> str:
     """The Cloud Storage JSON API download URL of gs://bucket/object."""
     bucket, _, name = uri.removeprefix("gs://").partition("/")
     if not bucket or not name:
-        raise GenerationError(ErrorCode.ERROR_CODE_NO_MEDIA, f"malformed Cloud Storage URI {uri}")
+        log.warning("malformed Cloud Storage URI %s", uri)
+        # Not the URI itself: it names the operator's bucket.
+        raise GenerationError(ErrorCode.ERROR_CODE_NO_MEDIA, "a malformed Cloud Storage URI")
     base = endpoint or GCS_ENDPOINT
     if "://" not in base:  # STORAGE_EMULATOR_HOST may be host:port only
         base = f"http://{base}"
@@ -38,18 +43,28 @@ def gcs_media_url(uri: str, endpoint: str) -> str:
     return f"{base.rstrip('/')}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media"
 
 
-async def stream_to_file(url: str, headers: dict[str, str], path: Path, read_timeout: float) -> int:
-    """GETs url into path chunk by chunk; an HTTP error raises the SDK's APIError."""
+async def stream_to_file(
+    url: str,
+    headers: dict[str, str],
+    path: Path,
+    read_timeout: float,
+    scrub: Callable[[str], str],
+) -> int:
+    """GETs url into path chunk by chunk; an HTTP error raises the SDK's APIError (its body,
+    passed through `scrub`, is logged)."""
     async with (
         httpx2.AsyncClient(timeout=read_timeout, follow_redirects=True) as http,
         http.stream("GET", url, headers=headers) as response,
     ):
         if response.status_code != 200:
             body = (await response.aread()).decode("utf-8", "replace")
+            # The body of a storage error names buckets and objects: logged, not in the job's
+            # message (which the API error's status text makes).
+            log.warning(
+                "video download answered HTTP %d: %s", response.status_code, scrub(body[:300])
+            )
             genai_errors.APIError.raise_error(
-                response.status_code,
-                {"message": body[:300], "status": response.reason_phrase},
-                None,
+                response.status_code, {"status": response.reason_phrase}, None
             )
         handle = await asyncio.to_thread(path.open, "wb")
         written = 0
@@ -92,6 +107,8 @@ class VideoDownloader:
                 f"{model} returned a video at an unsupported URI scheme: {uri.split(':')[0]}",
             )
         await self._factory.call(
-            lambda: stream_to_file(url, headers, path, settings.request_timeout_seconds),
+            lambda: stream_to_file(
+                url, headers, path, settings.request_timeout_seconds, self._factory.scrub
+            ),
             f"downloading a {model} video",
         )

@@ -2,7 +2,10 @@
 
 429 and 5xx answers, timeouts and connection failures are retried here with exponential backoff
 and jitter (honouring the API's RetryInfo hint); when they persist, the error is retryable so the
-worker hands the job back to JetStream. Every message is scrubbed of credentials first.
+worker hands the job back to JetStream. Every message is scrubbed of credentials first, and
+messages built from a library's exception text (connection errors, credential files, validation
+reports) say what failed in fixed words instead: that text names endpoints, hosts and paths, and
+goes to the log.
 """
 
 from __future__ import annotations
@@ -143,34 +146,41 @@ def classify(exc: BaseException, scrub: Scrubber, what: str) -> GenerationError 
             return GenerationError(ErrorCode.ERROR_CODE_SAFETY_BLOCKED, message)
         return GenerationError(ErrorCode.ERROR_CODE_INVALID_REQUEST, message)
     if isinstance(exc, TRANSPORT_ERRORS):
-        detail = scrub(str(exc) or type(exc).__name__)
+        _log_detail(what, exc, scrub)
         return GenerationError(
             ErrorCode.ERROR_CODE_UPSTREAM_UNAVAILABLE,
-            f"{what} failed: {type(exc).__name__}: {detail}",
+            f"{what} failed: {type(exc).__name__} (the Google API could not be reached)",
             retryable=True,
         )
     if isinstance(
         exc, json.JSONDecodeError | genai_errors.UnknownApiResponseError | pydantic.ValidationError
     ):
+        _log_detail(what, exc, scrub)
         return GenerationError(
-            ErrorCode.ERROR_CODE_NO_MEDIA,
-            scrub(f"{what} returned a malformed response: {exc}"),
+            ErrorCode.ERROR_CODE_NO_MEDIA, f"{what} returned a malformed response"
         )
     if isinstance(exc, google.auth.exceptions.TransportError):  # token endpoint unreachable
+        _log_detail(what, exc, scrub)
         return GenerationError(
             ErrorCode.ERROR_CODE_UPSTREAM_UNAVAILABLE,
-            scrub(f"{what}: fetching a Google Cloud access token failed: {exc}"),
+            f"{what}: fetching a Google Cloud access token failed",
             retryable=True,
         )
     if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+        _log_detail(what, exc, scrub)
         return GenerationError(
             ErrorCode.ERROR_CODE_CONFIGURATION,
-            scrub(f"Google Cloud credentials are not usable: {exc}"),
+            "the worker's Google Cloud credentials are not usable",
         )
     if isinstance(exc, ValueError):
         # The SDK validates arguments client-side (e.g. a model name it cannot route).
         return GenerationError(ErrorCode.ERROR_CODE_INVALID_REQUEST, scrub(f"{what}: {exc}"))
     return None
+
+
+def _log_detail(what: str, exc: BaseException, scrub: Scrubber) -> None:
+    """The exception's own text, which the job's message leaves out, for the operator."""
+    log.warning("%s: %s: %s", what, type(exc).__name__, scrub(str(exc), limit=None))
 
 
 async def call_with_retries(

@@ -20,11 +20,12 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 # One Python run makes every value, so the tokens are signed with the secret stored beside them.
-# The worker token lives as long as the dev cluster is likely to (a year); the demo one a day.
+# The worker and notifier tokens live as long as the dev cluster is likely to (a year); the demo
+# one a day.
 values=$(cd "$ROOT" && "$PYTHON" - <<'PY'
 import secrets
 
-from services.common.auth import WORKER_ROLE, mint_token
+from services.common.auth import NOTIFIER_ROLE, WORKER_ROLE, mint_token
 
 jwt_secret = secrets.token_urlsafe(48)
 print(f"POSTGRES_PASSWORD={secrets.token_hex(24)}")
@@ -33,6 +34,8 @@ print(f"AWS_ACCESS_KEY_ID=dev{secrets.token_hex(8)}")
 print(f"AWS_SECRET_ACCESS_KEY={secrets.token_urlsafe(30)}")
 worker = mint_token(jwt_secret, "media-worker", roles=(WORKER_ROLE,), ttl_seconds=365 * 86400)
 print(f"WORKER_TOKEN={worker}")
+notifier = mint_token(jwt_secret, "media-notifier", roles=(NOTIFIER_ROLE,), ttl_seconds=365 * 86400)
+print(f"NOTIFIER_TOKEN={notifier}")
 print(f"DEMO_TOKEN={mint_token(jwt_secret, 'demo-user', ttl_seconds=86400)}")
 PY
 )
@@ -53,7 +56,7 @@ secret() {
 manifests() {
   secret media-postgres "POSTGRES_PASSWORD=$pg_password"
   secret media-db "DATABASE_URL=$database_url"
-  secret media-auth "AUTH_JWT_SECRET=$(value AUTH_JWT_SECRET)"
+  secret media-auth "AUTH_JWT_SECRET=$(value AUTH_JWT_SECRET)" "NOTIFIER_TOKEN=$(value NOTIFIER_TOKEN)"
   secret media-worker "WORKER_TOKEN=$(value WORKER_TOKEN)"
   secret media-s3 "AWS_ACCESS_KEY_ID=$(value AWS_ACCESS_KEY_ID)" \
     "AWS_SECRET_ACCESS_KEY=$(value AWS_SECRET_ACCESS_KEY)"
