@@ -6,7 +6,10 @@ this separate process:
   2. dispatch latency: CreateJob to a worker claiming the job (p50, p99);
   3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99);
   4. image jobs per second through one worker process against the Google fake with a fixed
-     delay per call, at 1, 2 and 4 jobs in flight (bench/google.py).
+     delay per call, at 1, 2 and 4 jobs in flight (bench/google.py);
+  5. the live feed: 1,000 and 10,000 watchers on one notifier, on one job and on one job each,
+     every job changed at once; resume after a disconnect (bench/watchers.py, a stack of its own;
+     BENCH_WATCHERS sets the counts, BENCH_SKIP_WATCHERS=1 skips it).
 """
 
 from __future__ import annotations
@@ -238,6 +241,11 @@ def main() -> None:
         print("worker throughput against the Google fake (stack of its own) ...", flush=True)
         for line in report(asyncio.run(google_throughput(delay=args.fake_delay)), args.fake_delay):
             print(line)
+    if os.environ.get("BENCH_SKIP_WATCHERS", "") != "1":
+        from bench.watchers import run_section
+
+        print("live feed: watchers on one notifier (stack of its own) ...", flush=True)
+        run_section()
 
 
 if __name__ == "__main__":

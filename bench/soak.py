@@ -53,6 +53,7 @@ from media.v1 import (
 from services.common import jetstream
 from services.common.auth import bearer_metadata, mint_token
 from services.common.lifecycle import FINISHED
+from services.job_service.schema import ACTIVE_PREDICATE
 
 SUBJECT = "soak-user"
 RETRYABLE = {
@@ -301,7 +302,7 @@ def count_open(engine: Any) -> int:
     with engine.connect() as conn:
         return int(
             conn.execute(
-                text("SELECT count(*) FROM jobs WHERE owner = :o AND status IN (1, 2)"),
+                text(f"SELECT count(*) FROM jobs WHERE owner = :o AND {ACTIVE_PREDICATE}"),
                 {"o": SUBJECT},
             ).scalar_one()
         )

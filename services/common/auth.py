@@ -20,6 +20,7 @@ import jwt
 from jwt.types import Options
 
 from services.common.config import AuthSettings
+from services.common.errors import RpcError
 from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet, PublicKey
 
 WORKER_ROLE = "worker"
@@ -155,6 +156,18 @@ class TokenVerifier:
                 grpc.StatusCode.UNAUTHENTICATED, "missing `authorization: Bearer <token>` metadata"
             )
         return await self.verify_async(header)
+
+    async def require(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, role: str, service: str
+    ) -> Identity:
+        """The caller's identity, which must carry `role`: `service` refuses any other caller
+        (PERMISSION_DENIED)."""
+        who = await self.identify(metadata)
+        if role not in who.roles:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{service} needs a {role} credential"
+            )
+        return who
 
 
 def _key_hint(token: str) -> tuple[str | None, str]:

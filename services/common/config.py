@@ -35,6 +35,14 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
 
 
+def env_required(name: str, what: str = "") -> str:
+    """The variable's value, which must be set (`what`, if given, says what it holds)."""
+    value = env_str(name)
+    if not value:
+        raise SettingsError(f"{name} must be set" + (f" ({what})" if what else ""))
+    return value
+
+
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -56,6 +64,14 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_positive(name: str, default: float) -> float:
+    """A number above 0 (a duration, mostly)."""
+    value = env_float(name, default)
+    if not value > 0:  # also refuses nan
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:

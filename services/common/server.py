@@ -65,6 +65,7 @@ class _Listener:
 
 
 _MAX_STREAMS_PER_CONNECTION = 100_000
+_MAX_PENDING_CALLS = 20_000
 
 
 class ServiceHost:
@@ -93,7 +94,13 @@ class ServiceHost:
         self._transport_options: list[tuple[str, Any]] = (
             [("grpc.http2.bdp_probe", 0)]
             if maximum_concurrent_rpcs
-            else [("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION)]
+            else [
+                ("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION),
+                # Calls not yet picked up by the application: past 1,000 (hard limit 3,000) gRPC
+                # cancels new ones, which a burst of watchers reconnecting at once exceeds.
+                ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING_CALLS),
+            ]
         )
         self._gate = Drain()  # shared: one drain covers every listener
         self.health = health.aio.HealthServicer()

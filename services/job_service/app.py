@@ -34,7 +34,8 @@ from services.job_service.reader_api import JobReaderApi
 from services.job_service.sampler import Sampler, monitor_engine
 from services.job_service.settings import JobServiceSettings
 from services.job_service.store import Store
-from services.job_service.sweeper import Sweeper, sweeper_engine
+from services.job_service.sweep_queries import sweeper_engine
+from services.job_service.sweeper import Sweeper
 from services.job_service.urls import UrlSigner
 from services.job_service.worker_api import WorkerApi
 

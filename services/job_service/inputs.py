@@ -286,7 +286,7 @@ class InputImages:
             raise invalid_argument(
                 [(where, f"is larger than {self._max_bytes} bytes (MAX_INPUT_IMAGE_BYTES)")]
             )
-        head = await self._head(source)
+        head = await self._s3_call(self._head, source)
         if head is None:
             raise invalid_argument(
                 [(where, "has no image yet: PUT it to the URL CreateInputUpload returned first")]
@@ -318,22 +318,15 @@ class InputImages:
         if too_large is not None:
             raise invalid_argument([(where, too_large)])
 
-    async def _head(self, key: str) -> tuple[int, str] | None:
-        """(size, content type) of the object; None when there is none."""
+    def _head(self, key: str) -> tuple[int, str] | None:
+        """(size, content type) of the object; None when there is none (blocking: runs in the
+        bulkhead)."""
         try:
-            head = await self._bulkhead.run(self._s3.head_object, Bucket=self._bucket, Key=key)
+            head = self._s3.head_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise unavailable("object storage is unavailable; retry later") from exc
-        except BulkheadTimeout as exc:
-            raise RpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                "object storage did not answer in time; retry later",
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-            ) from exc
-        except BotoCoreError as exc:
-            raise unavailable("object storage is unavailable; retry later") from exc
+            raise
         return head["ContentLength"], head.get("ContentType", "")
 
     def _read_start(self, key: str, length: int) -> bytes:

@@ -8,20 +8,19 @@ the only place that signs them), ListActiveJobs opens a user's feed.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 
 import grpc
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Engine, select, text
 
 from media.v1 import job_pb2, job_reader_service_pb2, job_reader_service_pb2_grpc
 from services.common import lifecycle
 from services.common.auth import NOTIFIER_ROLE, TokenVerifier
-from services.common.errors import RpcError, invalid_argument
+from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid
 from services.job_service.database import call
-from services.job_service.records import OutputRow, to_job
-from services.job_service.schema import ACTIVE_PREDICATE, jobs, outputs
+from services.job_service.records import to_jobs
+from services.job_service.schema import ACTIVE_PREDICATE, jobs
 from services.job_service.urls import UrlSigner
 
 MAX_READ_IDS = 500
@@ -39,8 +38,7 @@ class JobReads:
     def read(self, job_ids: Sequence[uuid.UUID]) -> list[tuple[str, job_pb2.Job]]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(jobs).where(jobs.c.id.in_(job_ids))).all()
-            found = _outputs_of(conn, [r.id for r in rows])
-            return [(r.owner, to_job(r, found.get(r.id, ()))) for r in rows]
+            return [(r.owner, job) for r, job in zip(rows, to_jobs(conn, rows), strict=True)]
 
     def list_active(self, owner: str, kinds: Sequence[int]) -> list[job_pb2.Job]:
         # ACTIVE_PREDICATE spelled as the partial index jobs_owner_active's, so it is used.
@@ -50,19 +48,7 @@ class JobReads:
         query = query.order_by(jobs.c.id.desc()).limit(MAX_ACTIVE_LISTED)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-            found = _outputs_of(conn, [r.id for r in rows])
-            return [to_job(r, found.get(r.id, ())) for r in reversed(rows)]
-
-
-def _outputs_of(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OutputRow]]:
-    found: dict[uuid.UUID, list[OutputRow]] = defaultdict(list)
-    if job_ids:
-        rows = conn.execute(
-            select(outputs).where(outputs.c.job_id.in_(job_ids)).order_by(outputs.c.idx)
-        )
-        for r in rows:
-            found[r.job_id].append(r)
-    return found
+            return to_jobs(conn, rows[::-1])
 
 
 class JobReaderApi(job_reader_service_pb2_grpc.JobReaderServiceServicer):
@@ -72,11 +58,7 @@ class JobReaderApi(job_reader_service_pb2_grpc.JobReaderServiceServicer):
         self._signer = signer
 
     async def _require_notifier(self, metadata: grpc.aio.Metadata | None) -> None:
-        who = await self._verifier.identify(metadata)
-        if NOTIFIER_ROLE not in who.roles:
-            raise RpcError(
-                grpc.StatusCode.PERMISSION_DENIED, "JobReaderService needs a notifier credential"
-            )
+        await self._verifier.require(metadata, NOTIFIER_ROLE, "JobReaderService")
 
     async def ReadJobs(
         self,

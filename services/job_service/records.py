@@ -1,19 +1,23 @@
 """Mapping between database rows and media.v1 messages: jobs and outputs rows to and from
-messages, and a job's outbox rows (its dispatch and status event)."""
+messages (a jobs row read with its outputs rows), and a job's outbox rows (its dispatch and status
+event)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from google.protobuf.message import Message
+from sqlalchemy import Connection, select
 
 from media.v1 import events_pb2, job_pb2
 from services.common import jetstream, lifecycle
 from services.common.lifecycle import Emit, ErrorCode, Kind, Status
+from services.job_service import schema
 from services.job_service.outbox import OutboxValues
 
 
@@ -111,6 +115,19 @@ def to_job(row: JobRow, outputs: Iterable[OutputRow] = ()) -> job_pb2.Job:
         job.end_time.FromDatetime(row.finished_at)
     job.outputs.extend(to_output(o) for o in outputs)
     return job
+
+
+def to_jobs(conn: Connection, rows: Sequence[JobRow]) -> list[job_pb2.Job]:
+    """The jobs of `rows`, in their order, each with its outputs (read in one query)."""
+    found: dict[uuid.UUID, list[OutputRow]] = defaultdict(list)
+    if rows:
+        for output in conn.execute(
+            select(schema.outputs)
+            .where(schema.outputs.c.job_id.in_([row.id for row in rows]))
+            .order_by(schema.outputs.c.idx)
+        ):
+            found[output.job_id].append(output)
+    return [to_job(row, found.get(row.id, ())) for row in rows]
 
 
 def to_output(row: OutputRow) -> job_pb2.Output:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, bindparam, case, create_engine, func, select, tex
 
 from services.common import jetstream, lifecycle
 from services.common.bulkhead import Bulkhead
+from services.common.tasks import every
 from services.job_service import metrics
 from services.job_service.schema import jobs, outbox
 
@@ -92,7 +93,6 @@ class Sampler:
         # Beyond the monitor connection's connect and statement timeouts: only a hang hits it.
         self._thread = Bulkhead("monitor", 1, _CALL_TIMEOUT_SECONDS)
         self._task: asyncio.Task[None] | None = None
-        self._failed = False
 
     # --- readiness -----------------------------------------------------------------------
 
@@ -110,7 +110,10 @@ class Sampler:
     # --- gauges --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="metrics-sampler")
+        # A failure is logged once per outage; readiness reports the outage itself.
+        self._task = asyncio.create_task(
+            every(self._interval, self.sample, "metrics sampling", log), name="metrics-sampler"
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -119,22 +122,6 @@ class Sampler:
                 await self._task
         self._thread.shutdown()
         self._engine.dispose()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sample()
-                if self._failed:
-                    log.info("metrics sampling recovered")
-                self._failed = False
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Logged once per outage; readiness reports the outage itself.
-                if not self._failed:
-                    log.warning("metrics sampling failed: %s", exc)
-                self._failed = True
-            await asyncio.sleep(self._interval)
 
     async def sample(self) -> None:
         """One round: the database gauges, then the consumers' (NATS may be down alone)."""

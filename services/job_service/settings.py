@@ -14,6 +14,8 @@ from services.common.config import (
     env_float,
     env_int,
     env_list,
+    env_positive,
+    env_required,
     env_str,
     max_input_image_bytes,
 )
@@ -97,13 +99,6 @@ def _at_most(name: str, model_max: int, minimum: int) -> int:
     return value
 
 
-def _seconds(name: str, default: float) -> float:
-    value = env_float(name, default)
-    if not value > 0:  # also refuses nan
-        raise SettingsError(f"{name} must be positive, got {value}")
-    return value
-
-
 def _input_limits(max_input_image: int, max_message: int) -> dict[str, int]:
     """MAX_INLINE_IMAGE_BYTES and MAX_INPUT_BYTES_IN_FLIGHT, checked against the limits they
     must fit in."""
@@ -129,10 +124,7 @@ def _input_limits(max_input_image: int, max_message: int) -> dict[str, int]:
 
 def database_url_from_env() -> str:
     """DATABASE_URL alone: all that `migrate` needs (not the service's secrets)."""
-    database_url = env_str("DATABASE_URL")
-    if not database_url:
-        raise SettingsError("DATABASE_URL must be set")
-    return database_url
+    return env_required("DATABASE_URL")
 
 
 @dataclass(frozen=True)
@@ -242,11 +234,11 @@ class JobServiceSettings:
             metrics_sample_seconds=env_float("METRICS_SAMPLE_SECONDS", 5.0),
             sweep=SweepSettings.from_env(),
             worker_listen_addr=env_str("WORKER_LISTEN_ADDR", ""),
-            db_call_timeout_seconds=_seconds("DB_CALL_TIMEOUT_SECONDS", 5.0),
+            db_call_timeout_seconds=env_positive("DB_CALL_TIMEOUT_SECONDS", 5.0),
             s3_threads=env_int("S3_THREADS", 8, minimum=1),
-            s3_call_timeout_seconds=_seconds("S3_CALL_TIMEOUT_SECONDS", 5.0),
-            s3_connect_timeout_seconds=_seconds("S3_CONNECT_TIMEOUT_SECONDS", 2.0),
-            s3_read_timeout_seconds=_seconds("S3_READ_TIMEOUT_SECONDS", 5.0),
+            s3_call_timeout_seconds=env_positive("S3_CALL_TIMEOUT_SECONDS", 5.0),
+            s3_connect_timeout_seconds=env_positive("S3_CONNECT_TIMEOUT_SECONDS", 2.0),
+            s3_read_timeout_seconds=env_positive("S3_READ_TIMEOUT_SECONDS", 5.0),
             s3_max_attempts=env_int("S3_MAX_ATTEMPTS", 2, minimum=1),
             upload_url_ttl_seconds=upload_ttl,
             max_concurrent_rpcs=env_int("MAX_CONCURRENT_RPCS", MAX_CONCURRENT_RPCS, minimum=0),

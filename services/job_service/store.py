@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -37,7 +36,14 @@ from services.common.lifecycle import (
 )
 from services.job_service import metrics as job_metrics
 from services.job_service.outbox import OutboxRow, OutboxValues, write_outbox
-from services.job_service.records import JobRow, OutputRow, digest, outbox_rows, output_rows, to_job
+from services.job_service.records import (
+    JobRow,
+    digest,
+    outbox_rows,
+    output_rows,
+    to_job,
+    to_jobs,
+)
 from services.job_service.schema import ACTIVE_PREDICATE, jobs, outputs
 
 # Every job starts the same way; asked once.
@@ -201,9 +207,7 @@ class Store:
             query = query.where(jobs.c.status == status)
         query = query.order_by(jobs.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-            found = self._outputs_of(conn, [r.id for r in rows])
-            return [to_job(r, found.get(r.id, ())) for r in rows]
+            return to_jobs(conn, conn.execute(query).all())
 
     def cancel_job(self, job_id: uuid.UUID, owner: str) -> job_pb2.Job:
         return self._change(job_id, owner, Cancel())
@@ -318,18 +322,7 @@ class Store:
         return job
 
     def _with_outputs(self, conn: Connection, row: JobRow) -> job_pb2.Job:
-        return to_job(row, self._outputs_of(conn, [row.id]).get(row.id, ()))
-
-    @staticmethod
-    def _outputs_of(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OutputRow]]:
-        found: dict[uuid.UUID, list[OutputRow]] = defaultdict(list)
-        if job_ids:
-            rows = conn.execute(
-                select(outputs).where(outputs.c.job_id.in_(job_ids)).order_by(outputs.c.idx)
-            )
-            for r in rows:
-                found[r.job_id].append(r)
-        return found
+        return to_jobs(conn, [row])[0]
 
 
 # Built once: constructing a statement costs more than executing it.

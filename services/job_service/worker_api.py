@@ -9,8 +9,8 @@ from typing import ParamSpec
 import grpc
 
 from media.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
-from services.common.auth import TokenVerifier
-from services.common.errors import RpcError, invalid_argument, refused
+from services.common.auth import WORKER_ROLE, TokenVerifier
+from services.common.errors import invalid_argument, refused
 from services.common.lifecycle import Refused, status_name
 from services.job_service import validation
 from services.job_service.database import call
@@ -30,11 +30,7 @@ class WorkerApi(worker_service_pb2_grpc.WorkerServiceServicer):
         self._bucket = bucket  # outputs must be stored here (empty: not checked)
 
     async def _require_worker(self, metadata: grpc.aio.Metadata | None) -> None:
-        who = await self._verifier.identify(metadata)
-        if not who.is_worker:
-            raise RpcError(
-                grpc.StatusCode.PERMISSION_DENIED, "WorkerService needs a worker credential"
-            )
+        await self._verifier.require(metadata, WORKER_ROLE, "WorkerService")
 
     async def _change(
         self, job_id: str, change: Callable[P, job_pb2.Job], *args: P.args, **kwargs: P.kwargs

@@ -14,6 +14,7 @@ from services.common.config import (
     env_float,
     env_int,
     env_list,
+    env_required,
     env_str,
     max_input_image_bytes,
 )
@@ -67,9 +68,7 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
-        token = env_str("WORKER_TOKEN")
-        if not token:
-            raise SettingsError("WORKER_TOKEN must be set (a JWT with the worker role)")
+        token = env_required("WORKER_TOKEN", "a JWT with the worker role")
         kinds = env_list("WORKER_KINDS", KINDS)
         unknown = [kind for kind in kinds if kind not in KINDS]
         if unknown or not kinds:

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +28,9 @@ from services.common.config import TlsSettings
 from services.common.errors import RpcError
 
 log = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 _READER = "media.v1.JobReaderService"
 # Reads are safe to retry a few times on a transport failure before giving up.
@@ -103,41 +107,35 @@ class JobReader:
         self.calls = 0
 
     async def read(self, job_ids: Sequence[str]) -> list[job_reader_service_pb2.OwnedJob]:
-        async with self._slots:
-            return await self._read(job_ids)
+        request = job_reader_service_pb2.ReadJobsRequest(job_ids=job_ids)
+        response = await self._call("ReadJobs", self._stub.ReadJobs, request)
+        return list(response.jobs)
 
     async def list_active(self, owner: str, kinds: Sequence[int]) -> list[job_pb2.Job]:
+        request = job_reader_service_pb2.ListActiveJobsRequest(
+            owner=owner, kinds=[job_pb2.MediaKind.ValueType(k) for k in kinds]
+        )
+        response = await self._call("ListActiveJobs", self._stub.ListActiveJobs, request)
+        return list(response.jobs)
+
+    async def _call(
+        self,
+        name: str,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+    ) -> _Response:
         async with self._slots:
-            return await self._list_active(owner, kinds)
-
-    async def _read(self, job_ids: Sequence[str]) -> list[job_reader_service_pb2.OwnedJob]:
-        self.calls += 1
-        try:
-            response = await self._stub.ReadJobs(
-                job_reader_service_pb2.ReadJobsRequest(job_ids=job_ids),
-                metadata=self._metadata,
-                timeout=self._timeout,
-                # Within the deadline, wait out a reconnect (job_service restarting).
-                wait_for_ready=True,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed("ReadJobs", exc) from None
-        return list(response.jobs)
-
-    async def _list_active(self, owner: str, kinds: Sequence[int]) -> list[job_pb2.Job]:
-        self.calls += 1
-        try:
-            response = await self._stub.ListActiveJobs(
-                job_reader_service_pb2.ListActiveJobsRequest(
-                    owner=owner, kinds=[job_pb2.MediaKind.ValueType(k) for k in kinds]
-                ),
-                metadata=self._metadata,
-                timeout=self._timeout,
-                wait_for_ready=True,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed("ListActiveJobs", exc) from None
-        return list(response.jobs)
+            self.calls += 1
+            try:
+                return await method(
+                    request,
+                    metadata=self._metadata,
+                    timeout=self._timeout,
+                    # Within the deadline, wait out a reconnect (job_service restarting).
+                    wait_for_ready=True,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise self._failed(name, exc) from None
 
     @staticmethod
     def _failed(method: str, exc: grpc.aio.AioRpcError) -> RpcError:

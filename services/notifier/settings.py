@@ -8,19 +8,13 @@ from services.common.config import (
     AuthSettings,
     ServerSettings,
     SettingsError,
-    env_float,
     env_int,
+    env_positive,
+    env_required,
     env_str,
 )
 
 DEFAULT_PORT = 50052
-
-
-def _positive(name: str, default: float) -> float:
-    value = env_float(name, default)
-    if not value > 0:
-        raise SettingsError(f"{name} must be positive")
-    return value
 
 
 def _read_batch() -> int:
@@ -57,9 +51,7 @@ class NotifierSettings:
 
     @classmethod
     def from_env(cls) -> NotifierSettings:
-        token = env_str("NOTIFIER_TOKEN")
-        if not token:
-            raise SettingsError('NOTIFIER_TOKEN (a JWT with roles ["notifier"]) must be set')
+        token = env_required("NOTIFIER_TOKEN", 'a JWT with roles ["notifier"]')
         return cls(
             nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
             job_service_addr=env_str("JOB_SERVICE_ADDR", "127.0.0.1:50051"),
@@ -67,12 +59,12 @@ class NotifierSettings:
             auth=AuthSettings.from_env(),
             token=token,
             watcher_queue_size=env_int("NOTIFIER_WATCHER_QUEUE_SIZE", 64, minimum=1),
-            read_timeout_seconds=_positive("NOTIFIER_READ_TIMEOUT_SECONDS", 5.0),
+            read_timeout_seconds=env_positive("NOTIFIER_READ_TIMEOUT_SECONDS", 5.0),
             read_batch=_read_batch(),
             read_concurrency=env_int("NOTIFIER_READ_CONCURRENCY", 8, minimum=1),
-            idle_heartbeat_seconds=_positive("NOTIFIER_IDLE_HEARTBEAT_SECONDS", 2.0),
-            heartbeat_seconds=_positive("NOTIFIER_HEARTBEAT_SECONDS", 15.0),
+            idle_heartbeat_seconds=env_positive("NOTIFIER_IDLE_HEARTBEAT_SECONDS", 2.0),
+            heartbeat_seconds=env_positive("NOTIFIER_HEARTBEAT_SECONDS", 15.0),
             max_streams_per_user=env_int("NOTIFIER_MAX_STREAMS_PER_USER", 100, minimum=1),
             max_streams=env_int("NOTIFIER_MAX_STREAMS", 20000, minimum=1),
-            feed_retention_seconds=_positive("FEED_RETENTION_SECONDS", 86400.0),
+            feed_retention_seconds=env_positive("FEED_RETENTION_SECONDS", 86400.0),
         )

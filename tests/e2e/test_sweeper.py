@@ -37,7 +37,8 @@ from services.common.lifecycle import IMAGE, SUCCEEDED
 from services.job_service import migrate
 from services.job_service.schema import jobs, outputs, sweep_cursors
 from services.job_service.settings import SweepSettings
-from services.job_service.sweeper import LOCK_KEYS, Sweeper, sweeper_engine
+from services.job_service.sweep_queries import LOCK_KEYS, sweeper_engine
+from services.job_service.sweeper import Sweeper
 from tests.conftest import workers_paused
 from tests.e2e.helpers import WAIT_SECONDS, create, fetch, wait_terminal
 from tests.unit.test_validation import png

@@ -39,7 +39,16 @@ from PIL import Image
 from media.v1 import events_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from services.common import jetstream
 from services.common.errors import failed_precondition
-from services.common.lifecycle import Reason, status_name
+from services.common.lifecycle import (
+    CANCELED,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Reason,
+    status_name,
+)
 from services.media_worker.generators.base import (
     GeneratedFile,
     GenerationContext,
@@ -57,12 +66,6 @@ pytestmark = pytest.mark.integration
 SAFETY_TIMEOUT = 60.0
 TOKEN = "worker-test-token"
 BUCKET = "media-worker-test"
-RUNNING = job_pb2.JOB_STATUS_RUNNING
-QUEUED = job_pb2.JOB_STATUS_QUEUED
-SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
-FAILED = job_pb2.JOB_STATUS_FAILED
-CANCELED = job_pb2.JOB_STATUS_CANCELED
-TERMINAL = {SUCCEEDED, FAILED, CANCELED}
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +154,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if self.unavailable_claims > 0:
             self.unavailable_claims -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "job_service is restarting")
-        if job.status in TERMINAL:
+        if job.status in FINISHED:
             await finished(context, job.status)
         if job.attempt >= self.max_attempts:
             job.status = FAILED
@@ -194,7 +197,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             job.status = QUEUED
         else:
             job.status = FAILED
-        if job.status in TERMINAL:
+        if job.status in FINISHED:
             job.done.set()
         return worker_service_pb2.CompleteJobResponse(job=job.proto())
 
@@ -207,7 +210,7 @@ async def finished(context: grpc.aio.ServicerContext, status: int) -> None:
 
 async def refuse(context: grpc.aio.ServicerContext, job: FakeJob) -> None:
     """Refuses a call from an attempt that is not the job's current one."""
-    if job.status in TERMINAL:
+    if job.status in FINISHED:
         await finished(context, job.status)
     refusal = failed_precondition("attempt is stale", Reason.ATTEMPT_STALE, status_name(job.status))
     await context.abort_with_status(refusal.to_status())

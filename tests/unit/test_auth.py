@@ -6,6 +6,7 @@ import pytest
 
 from services.common.auth import AuthError, TokenVerifier, bearer_metadata, mint_token
 from services.common.config import AuthSettings
+from services.common.errors import RpcError
 
 SECRET = "s" * 40
 VERIFIER = TokenVerifier(AuthSettings(jwt_secret=SECRET, audience="media", issuer=""))
@@ -42,3 +43,12 @@ def test_missing_or_malformed_metadata_is_unauthenticated() -> None:
         with pytest.raises(AuthError) as caught:
             VERIFIER.from_metadata(metadata)
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_require_lets_in_only_a_caller_with_the_role() -> None:
+    notifier = bearer_metadata(mint_token(SECRET, "n", roles=("notifier",)))
+    assert (await VERIFIER.require(notifier, "notifier", "JobReaderService")).subject == "n"
+    with pytest.raises(RpcError) as refused:
+        await VERIFIER.require(notifier, "worker", "WorkerService")
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.message == "WorkerService needs a worker credential"

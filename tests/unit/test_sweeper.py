@@ -10,7 +10,7 @@ import pytest
 from services.common import keys
 from services.common.config import SettingsError
 from services.job_service.settings import SweepSettings
-from services.job_service.sweeper import JobFacts, job_of, verdict
+from services.job_service.sweep_rules import JobFacts, job_of, verdict
 
 JOB = "0190f3c4-8a1b-7c2d-9e3f-405162738495"
 OUT_1 = keys.output_key(JOB, 1, 0, "image/png")

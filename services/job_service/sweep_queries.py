@@ -1,0 +1,155 @@
+"""The sweeper's SQL: its engine and lock, the finished jobs whose inputs are due, what the
+database knows of the jobs objects are stored for, and where each listing stopped. Blocking: the
+sweeper (sweeper.py) runs these on its own thread and connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.pool import NullPool
+
+from media.v1 import job_pb2
+from services.common import lifecycle
+from services.job_service.schema import INPUT_UNSWEPT_PREDICATE, jobs, outputs, sweep_cursors
+from services.job_service.sweep_rules import JobFacts
+
+# Two 32-bit keys: that key space never meets the single 64-bit keys of the migrations' lock and
+# the per-owner locks of CreateJob. Any constants do, as long as every replica uses the same.
+LOCK_KEYS = (7221, 5)
+
+_SECOND: ColumnElement[dt.timedelta] = literal_column("interval '1 second'")
+
+
+def sweeper_engine(database_url: str) -> Engine:
+    """One connection per round, really closed after it (NullPool), so the advisory lock goes
+    with it even when the round failed half-way; autocommit: no statement waits in an open
+    transaction while S3 answers."""
+    return create_engine(
+        database_url,
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+        connect_args={
+            "connect_timeout": 5,
+            "options": "-c statement_timeout=15000 -c lock_timeout=5000",
+            "application_name": "job_service-sweeper",
+        },
+    )
+
+
+def try_lock(conn: Connection) -> bool:
+    return bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": LOCK_KEYS[0], "b": LOCK_KEYS[1]}
+        ).scalar_one()
+    )
+
+
+def _older_than(column: ColumnElement[dt.datetime], seconds: float) -> ColumnElement[bool]:
+    return column <= func.statement_timestamp() - seconds * _SECOND
+
+
+def _has_input(kind: int, params: bytes) -> bool:
+    message: job_pb2.ImageParams | job_pb2.VideoParams = (
+        job_pb2.ImageParams() if kind == lifecycle.IMAGE else job_pb2.VideoParams()
+    )
+    message.ParseFromString(params)
+    return message.HasField("input_image")
+
+
+def due_inputs(
+    conn: Connection, retention_seconds: float, limit: int
+) -> list[tuple[uuid.UUID, bool]]:
+    """The oldest finished jobs past the retention that are not marked yet, each with whether it
+    has an input image."""
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.kind, jobs.c.params)
+        .where(
+            text(INPUT_UNSWEPT_PREDICATE),  # spelled as the index's predicate, which it uses
+            _older_than(jobs.c.finished_at, retention_seconds),
+        )
+        .order_by(jobs.c.finished_at)
+        .limit(limit)
+    ).all()
+    return [(row.id, _has_input(row.kind, row.params)) for row in rows]
+
+
+def mark_swept(conn: Connection, job_ids: Sequence[uuid.UUID]) -> None:
+    if job_ids:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(job_ids))
+            .values(input_swept_at=func.statement_timestamp())
+        )
+
+
+def job_facts(
+    conn: Connection, job_ids: Sequence[uuid.UUID], bucket: str, retention_seconds: float
+) -> dict[uuid.UUID, JobFacts]:
+    # Jobs before outputs: a job read as active keeps its current attempt's uploads, and a job
+    # read as finished has its outputs recorded already (both are written in one transaction),
+    # so no interleaving lets a recorded output look unrecorded.
+    found = conn.execute(
+        select(
+            jobs.c.id,
+            jobs.c.status,
+            jobs.c.attempt,
+            and_(
+                jobs.c.finished_at.is_not(None),
+                _older_than(jobs.c.finished_at, retention_seconds),
+            ).label("input_due"),
+        ).where(jobs.c.id.in_(job_ids))
+    ).all()
+    recorded: dict[uuid.UUID, set[str]] = defaultdict(set)
+    for row in conn.execute(
+        select(outputs.c.job_id, outputs.c.key).where(
+            outputs.c.job_id.in_(job_ids), outputs.c.bucket == bucket
+        )
+    ):
+        recorded[row.job_id].add(row.key)
+    return {
+        row.id: JobFacts(
+            active=row.status in lifecycle.ACTIVE,
+            attempt=row.attempt,
+            input_due=bool(row.input_due),
+            outputs=frozenset(recorded[row.id]),
+        )
+        for row in found
+    }
+
+
+def saved_cursor(conn: Connection, prefix: str) -> str:
+    found = conn.execute(
+        select(sweep_cursors.c.start_after).where(sweep_cursors.c.prefix == prefix)
+    ).scalar_one_or_none()
+    return found or ""
+
+
+def save_cursor(conn: Connection, prefix: str, start_after: str) -> None:
+    insert = pg_insert(sweep_cursors).values(
+        prefix=prefix, start_after=start_after, updated_at=func.statement_timestamp()
+    )
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[sweep_cursors.c.prefix],
+            set_={
+                "start_after": insert.excluded.start_after,
+                "updated_at": insert.excluded.updated_at,
+            },
+        )
+    )
