@@ -189,12 +189,15 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             ]
         )
 
-    async def _check_rate(self, subject: str) -> None:
-        wait = await self._rate.acquire(subject)
+    async def _check_rate(self, subject: str, call: str = "CreateJob") -> None:
+        """One token of the caller's budget for `call`: CreateJob and CreateInputUpload each have
+        a budget of their own (a subject never holds a newline, so the keys cannot meet)."""
+        budget = subject if call == "CreateJob" else f"{subject}\n{call}"
+        wait = await self._rate.acquire(budget)
         if wait is not None:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"rate limit exceeded: at most {self._rate.per_minute} CreateJob calls per "
+                f"rate limit exceeded: at most {self._rate.per_minute} {call} calls per "
                 f"minute per user (RATE_LIMIT_PER_MINUTE), {self._rate.burst} at once "
                 f"(RATE_LIMIT_BURST); retry in {wait:.1f} s",
                 retry_after_seconds=wait,
@@ -217,6 +220,8 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         ],
     ) -> job_service_pb2.CreateInputUploadResponse:
         who = await self._identity(context.invocation_metadata())
+        # Each upload is a database row and a signed URL: as limited as the creates they feed.
+        await self._check_rate(who.subject, "CreateInputUpload")
         validation.input_upload_request(request, self._limits)
         upload = await self._inputs.new_upload(who.subject, request.mime_type, request.byte_size)
         response = job_service_pb2.CreateInputUploadResponse(

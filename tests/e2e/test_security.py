@@ -288,6 +288,26 @@ async def test_create_job_is_rate_limited_per_user_with_retry_info(
     await calls.jobs.ListJobs(job_service_pb2.ListJobsRequest(), metadata=hasty)
 
 
+async def test_input_uploads_are_rate_limited_per_user_apart_from_creates(
+    secure: Secure, calls: Calls
+) -> None:
+    uploader = secure.user("uploader")
+    request = job_service_pb2.CreateInputUploadRequest(mime_type="image/png", byte_size=1024)
+    for _ in range(RATE_BURST):
+        await calls.jobs.CreateInputUpload(request, metadata=uploader)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await calls.jobs.CreateInputUpload(request, metadata=uploader)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "CreateInputUpload" in error.details() and "RATE_LIMIT_PER_MINUTE" in error.details()
+    assert _retry_delay(error) is not None
+    # The creates' budget is a separate one.
+    invalid = job_service_pb2.CreateJobRequest(image=job_pb2.ImageParams(prompt=""))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await calls.jobs.CreateJob(invalid, metadata=uploader)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_active_jobs_are_capped_per_user_and_a_refused_create_stores_nothing(
     secure: Secure, calls: Calls
 ) -> None:
