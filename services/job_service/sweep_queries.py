@@ -15,6 +15,7 @@ from sqlalchemy import (
     Engine,
     and_,
     create_engine,
+    delete,
     func,
     literal_column,
     select,
@@ -26,7 +27,13 @@ from sqlalchemy.pool import NullPool
 
 from media.v1 import job_pb2
 from services.common import lifecycle
-from services.job_service.schema import INPUT_UNSWEPT_PREDICATE, jobs, outputs, sweep_cursors
+from services.job_service.schema import (
+    INPUT_UNSWEPT_PREDICATE,
+    input_uploads,
+    jobs,
+    outputs,
+    sweep_cursors,
+)
 from services.job_service.sweep_rules import JobFacts
 
 # Two 32-bit keys: that key space never meets the single 64-bit keys of the migrations' lock and
@@ -87,6 +94,18 @@ def due_inputs(
         .limit(limit)
     ).all()
     return [(row.id, _has_input(row.kind, row.params)) for row in rows]
+
+
+def expire_uploads(conn: Connection, grace_seconds: float, limit: int) -> int:
+    """Deletes the records of uploads older than the grace (their URLs expired long before, and
+    their objects go with the same grace); returns how many."""
+    oldest = (
+        select(input_uploads.c.id)
+        .where(_older_than(input_uploads.c.created_at, grace_seconds))
+        .order_by(input_uploads.c.created_at)
+        .limit(limit)
+    )
+    return conn.execute(delete(input_uploads).where(input_uploads.c.id.in_(oldest))).rowcount
 
 
 def mark_swept(conn: Connection, job_ids: Sequence[uuid.UUID]) -> None:

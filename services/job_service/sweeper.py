@@ -45,6 +45,7 @@ from services.job_service.metrics import SweepReason
 from services.job_service.settings import SweepSettings
 from services.job_service.sweep_queries import (
     due_inputs,
+    expire_uploads,
     job_facts,
     mark_swept,
     save_cursor,
@@ -123,6 +124,14 @@ class Sweeper:
             await self._sweep_inputs(conn, swept)
             await self._sweep_listing(conn, keys.JOBS_PREFIX, self._orphans, swept)
             await self._sweep_listing(conn, keys.UPLOADS_PREFIX, self._stale_uploads, swept)
+            expired = await self._in_db(
+                expire_uploads,
+                conn,
+                self._settings.grace_seconds,
+                self._settings.max_per_round,
+            )
+            if expired:
+                log.info("forgot %d upload record(s) past the grace", expired)
         finally:
             # Closes the connection, and with it the session's advisory lock.
             await self._in_db(conn.close)

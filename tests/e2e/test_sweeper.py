@@ -35,7 +35,7 @@ from services.common.auth import bearer_metadata, mint_token
 from services.common.ids import uuid7
 from services.common.lifecycle import IMAGE, SUCCEEDED
 from services.job_service import migrate
-from services.job_service.schema import jobs, outputs, sweep_cursors
+from services.job_service.schema import input_uploads, jobs, outputs, sweep_cursors
 from services.job_service.settings import SweepSettings
 from services.job_service.sweep_queries import LOCK_KEYS, sweeper_engine
 from services.job_service.sweeper import Sweeper
@@ -259,6 +259,30 @@ async def test_uploads_left_behind_go_after_the_grace(stack: Stack) -> None:
     await eventually(lambda: stack.gone(upload), "the stale upload is deleted")
     assert time.time() - stored >= GRACE_SECONDS
     assert await stack.swept("upload") >= before + 1
+
+
+async def test_upload_records_are_forgotten_after_the_grace(stack: Stack) -> None:
+    upload = await stack.jobs.CreateInputUpload(
+        job_service_pb2.CreateInputUploadRequest(mime_type="image/png", byte_size=100),
+        metadata=stack.user,
+    )
+    created = time.time() - CLOCK_SLACK_SECONDS
+    engine = sa.create_engine(stack.deps.database_url)
+
+    def count() -> int:
+        with engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(input_uploads.c.id == upload.upload_id)
+            return int(conn.execute(query).scalar_one())
+
+    async def forgotten() -> bool:
+        return await asyncio.to_thread(count) == 0
+
+    try:
+        assert not await forgotten()
+        await eventually(forgotten, "the upload's record is deleted")
+        assert time.time() - created >= GRACE_SECONDS
+    finally:
+        engine.dispose()
 
 
 @contextmanager
