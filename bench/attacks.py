@@ -26,6 +26,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -95,9 +96,10 @@ def codes(results: list[tuple[str, float]]) -> str:
 
 
 class Attack:
-    def __init__(self, services: Services, secret: str, moto_pid: int) -> None:
+    def __init__(self, services: Services, secret: str, moto_pid: int, s3: Any) -> None:
         self.services = services
         self.moto_pid = moto_pid
+        self.s3 = s3  # the test's own client of the stack's S3
         options = [("grpc.max_send_message_length", 64 * MIB)]
         self.channel = grpc.aio.insecure_channel(services.job_service_addr, options=options)
         self.jobs = job_service_pb2_grpc.JobServiceStub(self.channel)
@@ -182,6 +184,26 @@ class Attack:
             print(f"  the job ended {job_pb2.JobStatus.Name(job.status)}: {job.error.message!r}")
         after = rss_mib(self.worker_pid)
         print(f"  worker RSS {before[0]:.0f} MiB before, peak {after[1]:.0f} MiB")
+        await self._stored_bomb(data)
+
+    async def _stored_bomb(self, data: bytes) -> None:
+        """The same bomb put behind a job's input key in storage directly (bypassing the
+        create's check): what the worker does with it."""
+        self.pause_workers(True)
+        try:
+            job = await self.create(job_pb2.InputImage(data=tiny_png()))
+            stored = job.image.input_image
+            await asyncio.to_thread(
+                self.s3.put_object, Bucket=stored.bucket, Key=stored.key, Body=data
+            )
+        finally:
+            self.pause_workers(False)
+        job = await self.wait_finished(job.id)
+        after = rss_mib(self.worker_pid)
+        print(
+            f"  the same bomb swapped into storage behind a job: the job ended "
+            f"{job_pb2.JobStatus.Name(job.status)}; worker peak {after[1]:.0f} MiB"
+        )
 
     async def large_inputs(self) -> None:
         data = noise_png(int(9.5 * 1_000_000))
@@ -288,8 +310,8 @@ class Attack:
         await self.cancel_all()
 
 
-async def run(services: Services, secret: str, moto_pid: int) -> None:
-    attack = Attack(services, secret, moto_pid)
+async def run(services: Services, secret: str, moto_pid: int, s3: Any) -> None:
+    attack = Attack(services, secret, moto_pid, s3)
     try:
         await attack.decompression_bomb()
         await attack.large_inputs()
@@ -307,7 +329,7 @@ def main() -> None:
             assert deps.s3 is not None and deps.s3.pid is not None, "needs the local S3"
             services = start_services(root / "run", deps, secret, workers=1, extra_env=STACK_ENV)
             try:
-                asyncio.run(run(services, secret, deps.s3.pid))
+                asyncio.run(run(services, secret, deps.s3.pid, deps.s3_client()))
             finally:
                 services.stop()
         finally:
