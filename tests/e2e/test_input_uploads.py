@@ -41,6 +41,7 @@ from services.mediactl.main import main as mediactl
 from tests.conftest import workers_paused
 from tests.e2e.helpers import fetch, wait_terminal
 from tests.e2e.test_input_bombs import bomb
+from tests.servers import own_dependencies
 from tests.unit.test_validation import png
 
 pytestmark = pytest.mark.e2e
@@ -429,17 +430,7 @@ async def small(
     services = None
     secret = "jwt-secret-" + os.urandom(24).hex()
     try:
-        await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(
-            deps.create_database, f"budget_{os.urandom(4).hex()}"
-        )
-        own = Dependencies(
-            database_url=database_url,
-            nats_url=nats.url,
-            s3_endpoint_url=deps.s3_endpoint_url,
-            nats=nats,
-        )
-        env = {k: v for k, v in deps.env().items() if k.startswith(("AWS_", "S3_REGION"))}
+        own, env = await own_dependencies(deps, nats, "budget")
         env |= {
             "S3_BUCKET": BUDGET_BUCKET,
             "MAX_INPUT_BYTES_IN_FLIGHT": str(IN_FLIGHT_BYTES),

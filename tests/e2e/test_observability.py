@@ -31,6 +31,7 @@ from media.v1 import (
 from services.common.auth import bearer_metadata, mint_token
 from tests.conftest import workers_paused
 from tests.e2e.helpers import WAIT_SECONDS, create, wait_terminal
+from tests.servers import own_dependencies
 
 pytestmark = pytest.mark.e2e
 
@@ -233,15 +234,7 @@ async def own_stack(
     nats = NatsServer(root / "nats", root / "logs")
     services = None
     try:
-        await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(deps.create_database, f"own_{os.urandom(4).hex()}")
-        own = Dependencies(
-            database_url=database_url,
-            nats_url=nats.url,
-            s3_endpoint_url=deps.s3_endpoint_url,
-            nats=nats,
-        )
-        env = {k: v for k, v in deps.env().items() if k.startswith(("AWS_", "S3_REGION"))}
+        own, env = await own_dependencies(deps, nats, "own")
         env |= {
             "S3_BUCKET": "media-own-stack",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",

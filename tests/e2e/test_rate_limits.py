@@ -24,6 +24,7 @@ from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from services.common.auth import bearer_metadata, mint_token
 from services.common.errors import details_of
 from tests.e2e.helpers import WAIT_SECONDS
+from tests.servers import own_dependencies
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +61,7 @@ async def stack(
     services = None
     channels: list[grpc.aio.Channel] = []
     try:
-        await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(
-            deps.create_database, f"ratelimit_{os.urandom(4).hex()}"
-        )
-        own = Dependencies(
-            database_url=database_url,
-            nats_url=nats.url,
-            s3_endpoint_url=deps.s3_endpoint_url,
-            nats=nats,
-        )
-        env = {k: v for k, v in deps.env().items() if k.startswith(("AWS_", "S3_REGION"))}
+        own, env = await own_dependencies(deps, nats, "ratelimit")
         env |= {
             "S3_BUCKET": BUCKET,
             "RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
 import secrets
 import urllib.parse
@@ -40,6 +39,7 @@ from services.common.tls import aio_channel
 from tests.conftest import workers_paused
 from tests.e2e.certs import Authority, Pair
 from tests.e2e.helpers import WAIT_SECONDS
+from tests.servers import own_dependencies
 from tests.unit.test_validation import png
 
 pytestmark = pytest.mark.e2e
@@ -96,17 +96,7 @@ async def secure(
     nats = NatsServer(root / "nats", root / "logs")
     services = None
     try:
-        await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(
-            deps.create_database, f"secure_{os.urandom(4).hex()}"
-        )
-        own = Dependencies(
-            database_url=database_url,
-            nats_url=nats.url,
-            s3_endpoint_url=deps.s3_endpoint_url,
-            nats=nats,
-        )
-        env = {k: v for k, v in deps.env().items() if k.startswith(("AWS_", "S3_REGION"))}
+        own, env = await own_dependencies(deps, nats, "secure")
         env |= {
             "AWS_SECRET_ACCESS_KEY": known["AWS_SECRET_ACCESS_KEY"],
             "GEMINI_API_KEY": known["GEMINI_API_KEY"],

@@ -41,6 +41,7 @@ from services.job_service.sweep_queries import LOCK_KEYS, sweeper_engine
 from services.job_service.sweeper import Sweeper
 from tests.conftest import workers_paused
 from tests.e2e.helpers import WAIT_SECONDS, create, fetch, wait_terminal
+from tests.servers import own_dependencies
 from tests.unit.test_validation import png
 
 pytestmark = pytest.mark.e2e
@@ -135,17 +136,7 @@ async def stack(
     services = None
     job_channel = notifier_channel = None
     try:
-        await asyncio.to_thread(nats.start)
-        database_url = await asyncio.to_thread(
-            deps.create_database, f"sweeper_{os.urandom(4).hex()}"
-        )
-        own = Dependencies(
-            database_url=database_url,
-            nats_url=nats.url,
-            s3_endpoint_url=deps.s3_endpoint_url,
-            nats=nats,
-        )
-        env = {k: v for k, v in deps.env().items() if k.startswith(("AWS_", "S3_REGION"))}
+        own, env = await own_dependencies(deps, nats, "sweeper")
         env |= {
             "S3_BUCKET": BUCKET,
             "GENERATOR": "local",

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.api import DeliverPolicy
 from sqlalchemy import create_engine, text
 
@@ -229,11 +230,15 @@ class FaultStack:
 
     async def published_events(self, job_id: str) -> list[job_pb2.Job]:
         """Every status event of the job stored in MEDIA_EVENTS, in stream order."""
+        return await self.stored_jobs(jetstream.job_events(job_id))
+
+    async def stored_jobs(self, subjects: str, wait_seconds: float = 5) -> list[job_pb2.Job]:
+        """The job of every event stored in MEDIA_EVENTS under `subjects`, in stream order."""
         nc = await nats.connect(self.deps.nats_url)
         try:
             js = nc.jetstream()
             sub = await js.subscribe(
-                jetstream.job_events(job_id),
+                subjects,
                 stream=jetstream.EVENTS_STREAM,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.ALL,
@@ -241,7 +246,7 @@ class FaultStack:
             found: list[job_pb2.Job] = []
             try:
                 while True:
-                    msg = await sub.next_msg(timeout=5)
+                    msg = await sub.next_msg(timeout=wait_seconds)
                     found.append(events_pb2.JobEvent.FromString(msg.data).job)
                     if msg.metadata.num_pending == 0:
                         return found
@@ -249,6 +254,17 @@ class FaultStack:
                 await sub.unsubscribe()
         finally:
             await nc.close()
+
+    async def readiness(self) -> int:
+        """job_service's readiness (""), UNKNOWN when it does not answer."""
+        async with grpc.aio.insecure_channel(self.services.job_service_addr) as channel:
+            try:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5
+                )
+            except grpc.aio.AioRpcError:
+                return health_pb2.HealthCheckResponse.UNKNOWN
+            return int(response.status)
 
     async def consumer_pending(self, kind: str) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered and not acked) for kind's workers."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc.error_details_pb2 import RetryInfo
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from media.v1 import job_pb2, job_service_pb2, worker_service_pb2
@@ -93,20 +93,9 @@ def frozen(pid: int | None) -> Iterator[None]:
                 os.kill(each, signal.SIGCONT)
 
 
-async def readiness(fault: FaultStack) -> int:
-    async with grpc.aio.insecure_channel(fault.services.job_service_addr) as channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5
-            )
-        except grpc.aio.AioRpcError:
-            return health_pb2.HealthCheckResponse.UNKNOWN
-        return int(response.status)
-
-
 async def wait_readiness(fault: FaultStack, wanted: int, what: str) -> None:
     async def reached() -> bool:
-        return await readiness(fault) == wanted
+        return await fault.readiness() == wanted
 
     await eventually(reached, what, GUARD_SECONDS)
 
@@ -237,7 +226,7 @@ async def test_a_frozen_s3_holds_only_its_own_threads(fault: FaultStack) -> None
             await asyncio.sleep(0.05)  # a steady trickle, not a flood on two cores
         codes = await asyncio.wait_for(asyncio.gather(*creates), GUARD_SECONDS)
         assert codes == [Code.UNAVAILABLE] * CREATES
-        assert await readiness(fault) == NOT_SERVING  # still frozen
+        assert await fault.readiness() == NOT_SERVING  # still frozen
         await others.one_round()
 
     await wait_readiness(fault, SERVING, "SERVING again after S3 thawed")

@@ -10,7 +10,7 @@ import asyncio
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
 from services.common.lifecycle import FAILED, SUCCEEDED
@@ -53,17 +53,6 @@ async def assert_succeeded_once(fault: FaultStack, job: job_pb2.Job, count: int)
     published = await fault.published_events(job.id)
     assert [j.version for j in published] == list(range(1, done.version + 1))
     return done
-
-
-async def readiness(fault: FaultStack) -> int:
-    async with grpc.aio.insecure_channel(fault.services.job_service_addr) as channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5
-            )
-        except grpc.aio.AioRpcError:
-            return health_pb2.HealthCheckResponse.UNKNOWN
-        return int(response.status)
 
 
 async def test_a_nats_restart_loses_no_job_and_no_event(fault: FaultStack) -> None:
@@ -128,7 +117,7 @@ async def test_postgres_down_answers_unavailable_and_everything_resumes(
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
         async def unready() -> bool:
-            return await readiness(fault) == health_pb2.HealthCheckResponse.NOT_SERVING
+            return await fault.readiness() == health_pb2.HealthCheckResponse.NOT_SERVING
 
         await eventually(unready, "job_service to report NOT_SERVING")
         assert fault.services.job_service.running  # no crash
@@ -136,7 +125,7 @@ async def test_postgres_down_answers_unavailable_and_everything_resumes(
         await fault.spawn(fault.deps.start_postgres)
 
     async def ready() -> bool:
-        return await readiness(fault) == health_pb2.HealthCheckResponse.SERVING
+        return await fault.readiness() == health_pb2.HealthCheckResponse.SERVING
 
     await eventually(ready, "job_service to be SERVING again")
     # The job in flight during the outage, and new ones, finish; the cancel above never happened.

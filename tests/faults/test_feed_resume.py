@@ -11,11 +11,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
-import nats
 import pytest
-from nats.js.api import DeliverPolicy
 
-from media.v1 import events_pb2, job_pb2, job_service_pb2, notifier_service_pb2
+from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2
 from services.common import jetstream
 from services.common.lifecycle import FINISHED
 from tests.faults.helpers import SMALL_IMAGE, WAIT_SECONDS, FaultStack
@@ -75,26 +73,8 @@ class Follower:
 
 async def stored_events(fault: FaultStack, user: str) -> list[Event]:
     """Every event of the user's jobs in MEDIA_EVENTS, in stream order."""
-    nc = await nats.connect(fault.deps.nats_url)
-    try:
-        sub = await nc.jetstream().subscribe(
-            jetstream.owner_events(user),
-            stream=jetstream.EVENTS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        found: list[Event] = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=10)
-                job = events_pb2.JobEvent.FromString(msg.data).job
-                found.append((job.id, job.version))
-                if msg.metadata.num_pending == 0:
-                    return found
-        finally:
-            await sub.unsubscribe()
-    finally:
-        await nc.close()
+    jobs = await fault.stored_jobs(jetstream.owner_events(user), wait_seconds=10)
+    return [(job.id, job.version) for job in jobs]
 
 
 async def follow_through(
