@@ -4,7 +4,7 @@ A change locks the job's row, asks the lifecycle core (services/common/lifecycle
 command does, and writes its answer: the new state, the outbox rows it emits, or nothing. A
 refusal is raised as lifecycle.Refused for the servicers to map to an RPC error.
 
-Methods block (psycopg2); the servicers call them through asyncio.to_thread.
+Methods block (psycopg2); the servicers call them through database.call (the SQL bulkhead).
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ class Store:
             job.outputs.extend(new_outputs)
         else:
             job = self._with_outputs(tx.conn, updated)
-        # The calling RPC's trace context (asyncio.to_thread carries it into this thread).
+        # The calling RPC's trace context (database.call carries it into this thread).
         tx.outbox.extend(
             outbox_rows(transition.emit, job, None, tracing.current_headers(), owner=row.owner)
         )

@@ -50,9 +50,8 @@ class Errors(Interceptor):
 
 
 def code_of(exc: BaseException, context: Context) -> grpc.StatusCode:
-    """The status of a call that `exc` ended, on either side of `Errors`."""
-    if isinstance(exc, RpcError | AuthError):
-        return exc.code
+    """The status of a call that `exc` ended, seen from outside `Errors` (which ends refusals
+    with their status set rather than raised)."""
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     if _grpc_own(exc):  # an abort (the handler's or ours): the status is set
