@@ -9,10 +9,12 @@ MEDIA_RATE_LIMITS (key-value): job_service's per-user CreateJob budgets, shared 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -181,3 +183,23 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, *, ttl_seconds: float) 
         stream.max_age = ttl_seconds
         stream.duplicate_window = min(DUPLICATE_WINDOW_SECONDS, ttl_seconds)
         await js.update_stream(stream)
+
+
+# The PING a shielded flush waits for at most: far past any caller's deadline, so that its PONG
+# future is never cancelled while the connection lives.
+_FLUSH_BACKSTOP_SECONDS = 300
+
+
+async def flush(nc: Client, timeout_seconds: float) -> None:
+    """nc.flush() with a deadline that cannot break the connection. nats-py cancels the PONG
+    future when flush times out (or its caller is cancelled, or the process was stopped past the
+    deadline), and the PONG arriving later raises InvalidStateError in its read loop, which then
+    stops reading for good: subscriptions and fetches go silent with the socket still up. Here the
+    flush itself is never cancelled; only the wait for it is bounded."""
+    inner = asyncio.ensure_future(nc.flush(timeout=_FLUSH_BACKSTOP_SECONDS))
+    # Retrieved whatever happens, so that a late failure is not reported as never retrieved.
+    inner.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        await asyncio.wait_for(asyncio.shield(inner), timeout_seconds)
+    except TimeoutError:
+        raise nats.errors.FlushTimeoutError from None

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from media.v1 import events_pb2, job_pb2
-from services.common import lifecycle
+from services.common import jetstream, lifecycle
 from services.common.errors import refusal_of
 from services.common.jetstream import job_events
 
@@ -115,9 +115,9 @@ class JobWatch:
 
 
 class CancellationListener:
-    def __init__(self, nc: Client | None, *, flush_timeout_seconds: int = 2) -> None:
+    def __init__(self, nc: Client | None, *, flush_timeout_seconds: float = 2.0) -> None:
         self._nc = nc
-        self._flush_timeout = flush_timeout_seconds  # nats-py takes whole seconds
+        self._flush_timeout = flush_timeout_seconds
 
     async def watch(self, job_id: str) -> JobWatch:
         """Subscribes to the job's events and waits until the server has the subscription.
@@ -129,7 +129,7 @@ class CancellationListener:
         try:
             watch._sub = await self._nc.subscribe(job_events(job_id), cb=watch._on_message)
             # The claim must not go out before the server knows about the subscription.
-            await self._nc.flush(timeout=self._flush_timeout)
+            await jetstream.flush(self._nc, self._flush_timeout)
         except asyncio.CancelledError:
             await watch.close()
             raise

@@ -150,7 +150,7 @@ class MediaWorker:
             # Flush so the acks and naks just sent reach the server. Not drain(): it waits on
             # pull subscriptions' queues, which fetch never marks done, until its own timeout.
             try:
-                await self._nc.flush(timeout=5)
+                await jetstream.flush(self._nc, 5)
             except Exception as exc:
                 log.warning("nats flush failed: %r", exc)
             await self._nc.close()
