@@ -26,6 +26,8 @@ from services.common.jwks import ASYMMETRIC_ALGORITHMS, KeySet, PublicKey
 WORKER_ROLE = "worker"
 # The notifier reads jobs for its watchers through job_service's JobReaderService with this role.
 NOTIFIER_ROLE = "notifier"
+# The webhook sender reads the jobs it delivers (fresh output URLs) the same way, with this role.
+WEBHOOKS_ROLE = "webhooks"
 _MAX_SUBJECT_CHARS = 256
 
 
@@ -158,14 +160,19 @@ class TokenVerifier:
         return await self.verify_async(header)
 
     async def require(
-        self, metadata: Iterable[tuple[str, str | bytes]] | None, role: str, service: str
+        self,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        role: str | tuple[str, ...],
+        service: str,
     ) -> Identity:
-        """The caller's identity, which must carry `role`: `service` refuses any other caller
-        (PERMISSION_DENIED)."""
+        """The caller's identity, which must carry `role` (or one of several): `service` refuses
+        any other caller (PERMISSION_DENIED)."""
+        roles = (role,) if isinstance(role, str) else role
         who = await self.identify(metadata)
-        if role not in who.roles:
+        if who.roles.isdisjoint(roles):
             raise RpcError(
-                grpc.StatusCode.PERMISSION_DENIED, f"{service} needs a {role} credential"
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{service} needs a {' or '.join(roles)} credential",
             )
         return who
 

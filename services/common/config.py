@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from services.common.webhook_urls import UrlPolicy
+
 _T = TypeVar("_T")
 
 
@@ -90,6 +92,15 @@ def env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if not raw:
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def webhook_url_policy() -> UrlPolicy:
+    """Where webhooks may go: job_service checks it when an endpoint is registered, the sender
+    at every delivery, so both read the same two settings."""
+    return UrlPolicy(
+        allow_http=env_bool("WEBHOOK_ALLOW_HTTP", False),
+        allow_private=env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False),
+    )
 
 
 def max_input_image_bytes() -> int:

@@ -79,6 +79,10 @@ def worker_consumer(kind: str) -> str:
     return f"worker-{kind}"
 
 
+# The webhook sender's durable consumer of every event, shared by all its replicas.
+WEBHOOKS_CONSUMER = "webhooks"
+
+
 async def connect(url: str, name: str) -> Client:
     """A connection that reconnects forever: a NATS restart must not take a service down."""
 

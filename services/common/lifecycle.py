@@ -44,6 +44,29 @@ KINDS_BY_NAME: dict[str, Kind] = {name: kind for kind, name in KIND_NAMES.items(
 KINDS: tuple[str, ...] = tuple(KIND_NAMES.values())
 
 
+class EventType(enum.StrEnum):
+    """What a change was, in the words webhooks, events and notifications use."""
+
+    QUEUED = "job.queued"  # created, or queued again for a retry
+    RUNNING = "job.running"  # a worker started an attempt
+    PROGRESS = "job.progress"  # a running attempt reported progress
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+
+EVENT_TYPES: tuple[str, ...] = tuple(EventType)
+# A webhook endpoint that names no event types gets these.
+FINISHED_EVENT_TYPES: tuple[str, ...] = (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED)
+_EVENT_OF_STATUS: dict[Status, EventType] = {
+    QUEUED: EventType.QUEUED,
+    RUNNING: EventType.RUNNING,
+    SUCCEEDED: EventType.SUCCEEDED,
+    FAILED: EventType.FAILED,
+    CANCELED: EventType.CANCELED,
+}
+
+
 def status_name(status: Status) -> str:
     """ "SUCCEEDED" for JOB_STATUS_SUCCEEDED: the one spelling in logs, errors and metadata."""
     return job_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
@@ -167,10 +190,15 @@ class Transition:
     # Refused after the change is committed: a claim that finds no attempt left fails the job
     # and is then refused.
     then_refuse: Refusal | None = None
+    progress_only: bool = False  # a running attempt's progress, not a change of status
 
     @property
     def finished(self) -> bool:
         return self.state.status in FINISHED
+
+    @property
+    def event_type(self) -> EventType:
+        return EventType.PROGRESS if self.progress_only else _EVENT_OF_STATUS[self.state.status]
 
 
 @dataclass(frozen=True)
@@ -260,7 +288,10 @@ def _progress(state: JobState, command: Progress) -> Decision:
         return stale
     if state.progress == command.progress and state.status_message == command.message:
         return Unchanged()
-    return Transition(replace(state, progress=command.progress, status_message=command.message))
+    return Transition(
+        replace(state, progress=command.progress, status_message=command.message),
+        progress_only=True,
+    )
 
 
 def _complete(state: JobState, command: Succeed | FailRetryable | FailFinal) -> Decision:

@@ -1,4 +1,5 @@
-"""JobReaderService: the notifier's reads. Only a token with the notifier role may call it.
+"""JobReaderService: the reads of the notifier and the webhook sender. Only a token with the
+notifier or the webhooks role may call it.
 
 The notifier authenticates its own watchers and checks ownership itself, so it reads a job once
 for all of them: ReadJobs answers many jobs in one query with their owners (and URLs signed here,
@@ -15,7 +16,7 @@ from sqlalchemy import Engine, select, text
 
 from media.v1 import job_pb2, job_reader_service_pb2, job_reader_service_pb2_grpc
 from services.common import lifecycle
-from services.common.auth import NOTIFIER_ROLE, TokenVerifier
+from services.common.auth import NOTIFIER_ROLE, WEBHOOKS_ROLE, TokenVerifier
 from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid
 from services.job_service.database import call
@@ -27,6 +28,7 @@ MAX_READ_IDS = 500
 # A feed's opening snapshot: the owner's newest unfinished jobs, at most this many.
 MAX_ACTIVE_LISTED = 1000
 _MAX_OWNER_CHARS = 256  # as a token subject (services.common.auth)
+_READER_ROLES = (NOTIFIER_ROLE, WEBHOOKS_ROLE)
 
 
 class JobReads:
@@ -57,8 +59,8 @@ class JobReaderApi(job_reader_service_pb2_grpc.JobReaderServiceServicer):
         self._verifier = verifier
         self._signer = signer
 
-    async def _require_notifier(self, metadata: grpc.aio.Metadata | None) -> None:
-        await self._verifier.require(metadata, NOTIFIER_ROLE, "JobReaderService")
+    async def _require_reader(self, metadata: grpc.aio.Metadata | None) -> None:
+        await self._verifier.require(metadata, _READER_ROLES, "JobReaderService")
 
     async def ReadJobs(
         self,
@@ -67,7 +69,7 @@ class JobReaderApi(job_reader_service_pb2_grpc.JobReaderServiceServicer):
             job_reader_service_pb2.ReadJobsRequest, job_reader_service_pb2.ReadJobsResponse
         ],
     ) -> job_reader_service_pb2.ReadJobsResponse:
-        await self._require_notifier(context.invocation_metadata())
+        await self._require_reader(context.invocation_metadata())
         if len(request.job_ids) > MAX_READ_IDS:
             raise invalid_argument([("job_ids", f"at most {MAX_READ_IDS} per call")])
         ids: list[uuid.UUID] = []
@@ -96,7 +98,7 @@ class JobReaderApi(job_reader_service_pb2_grpc.JobReaderServiceServicer):
             job_reader_service_pb2.ListActiveJobsResponse,
         ],
     ) -> job_reader_service_pb2.ListActiveJobsResponse:
-        await self._require_notifier(context.invocation_metadata())
+        await self._require_reader(context.invocation_metadata())
         bad: list[tuple[str, str]] = []
         if not request.owner or len(request.owner) > _MAX_OWNER_CHARS:
             bad.append(("owner", f"must be 1 to {_MAX_OWNER_CHARS} characters"))

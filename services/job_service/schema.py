@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Double,
@@ -29,6 +31,10 @@ ACTIVE_PREDICATE = f"status IN ({', '.join(str(int(s)) for s in sorted(ACTIVE))}
 
 # The predicate of jobs_input_unswept, which the sweeper's query repeats to use it.
 INPUT_UNSWEPT_PREDICATE = "finished_at IS NOT NULL AND input_swept_at IS NULL"
+
+# webhook_deliveries.state of a delivery still to be sent (DELIVERY_STATE_PENDING), for the
+# partial index the sender's query for due deliveries uses.
+DELIVERY_PENDING = "state = 1"
 
 metadata = MetaData()
 
@@ -127,4 +133,103 @@ input_uploads = Table(
     # claim whose job never came to be (a crash mid-create) is taken over after a while.
     Column("used_by", Uuid),
     Column("used_at", DateTime(timezone=True)),
+)
+
+# Where each user's webhooks go (WebhookService), and the one-off endpoints CreateJob makes for a
+# single job (job_id set). The webhook sender reads them; job_service writes them.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # UUIDv7
+    Column("owner", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("event_types", ARRAY(Text), nullable=False),  # lifecycle.EventType values
+    Column("kinds", ARRAY(SmallInteger), nullable=False, server_default="{}"),  # empty: all
+    Column("job_id", Uuid),  # a one-off endpoint of this job (CreateJobRequest.webhook)
+    # whsec_ secrets, as shown to the owner. During a rotation's overlap the previous one signs
+    # too, until previous_secret_expires_at.
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    Column("previous_secret_expires_at", DateTime(timezone=True)),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("disabled_reason", Text, nullable=False, server_default=""),
+    Column("disabled_at", DateTime(timezone=True)),
+    # The first failed attempt since the last success: disabled once this is too long ago.
+    Column("failing_since", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("webhook_endpoints_owner_id", "owner", text("id DESC")),
+    Index("webhook_endpoints_job", "job_id", postgresql_where=text("job_id IS NOT NULL")),
+)
+
+# One event for one endpoint: the sender's durable queue (state PENDING with next_attempt_at)
+# and its history. Its id is the webhook-id header, the same for every attempt.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # UUIDv7
+    Column(
+        "endpoint_id",
+        Uuid,
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_id", Uuid, nullable=False),  # the event's Nats-Msg-Id (its outbox row's id)
+    Column("event_type", Text, nullable=False),
+    Column("job_id", Uuid, nullable=False),
+    Column("job_version", BigInteger, nullable=False),
+    Column("event", LargeBinary, nullable=False),  # the JobEvent: the job as the change left it
+    Column("state", SmallInteger, nullable=False),  # webhook_service_pb2.DeliveryState
+    Column("attempts", Integer, nullable=False, server_default="0"),  # scheduled attempts made
+    # Pending: when the next attempt is due, or when a sender's claim on it lapses.
+    Column("next_attempt_at", DateTime(timezone=True)),
+    # The next attempt was asked for by RedeliverWebhook: it is recorded as manual, and its
+    # failure ends the delivery instead of continuing the retry schedule.
+    Column("manual", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # An event redelivered by NATS (a sender crashed before acking it) adds nothing.
+    Index("webhook_deliveries_event", "endpoint_id", "event_id", unique=True),
+    Index("webhook_deliveries_endpoint_id", "endpoint_id", text("id DESC")),
+    Index("webhook_deliveries_due", "next_attempt_at", postgresql_where=text(DELIVERY_PENDING)),
+    Index("webhook_deliveries_created", "created_at"),  # the sweeper's retention
+)
+
+# Every HTTP attempt of a delivery, as ListWebhookDeliveries shows it.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        Uuid,
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("number", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("status_code", Integer, nullable=False),  # 0: no HTTP answer
+    Column("latency_ms", Integer, nullable=False),
+    Column("response_head", Text, nullable=False, server_default=""),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("manual", Boolean, nullable=False, server_default=text("false")),
+    Index("webhook_attempts_delivery", "delivery_id", "id"),
+)
+
+# Each user's inbox: one row per finished job, written in the transaction that finished it.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # UUIDv7
+    Column("owner", Text, nullable=False),
+    Column("job_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),  # lifecycle.EventType
+    Column("title", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("read_at", DateTime(timezone=True)),
+    Index("notifications_owner_id", "owner", text("id DESC")),
+    Index("notifications_owner_unread", "owner", postgresql_where=text("read_at IS NULL")),
+    Index("notifications_created", "created_at"),  # the sweeper's retention
 )

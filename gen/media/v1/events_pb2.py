@@ -23,17 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from media.v1 import job_pb2 as media_dot_v1_dot_job__pb2
+from media.v1 import notifications_pb2 as media_dot_v1_dot_notifications__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15media/v1/events.proto\x12\x08media.v1\x1a\x12media/v1/job.proto\"\x9a\x01\n\x0bJobDispatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.media.v1.MediaKind\x12&\n\x05image\x18\x03 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x04 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x42\x08\n\x06params\"5\n\x08JobEvent\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\x12\r\n\x05owner\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15media/v1/events.proto\x12\x08media.v1\x1a\x12media/v1/job.proto\x1a\x1cmedia/v1/notifications.proto\"\x9a\x01\n\x0bJobDispatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.media.v1.MediaKind\x12&\n\x05image\x18\x03 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x04 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x42\x08\n\x06params\"q\n\x08JobEvent\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12,\n\x0cnotification\x18\x04 \x01(\x0b\x32\x16.media.v1.Notificationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'media.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBDISPATCH']._serialized_start=56
-  _globals['_JOBDISPATCH']._serialized_end=210
-  _globals['_JOBEVENT']._serialized_start=212
-  _globals['_JOBEVENT']._serialized_end=265
+  _globals['_JOBDISPATCH']._serialized_start=86
+  _globals['_JOBDISPATCH']._serialized_end=240
+  _globals['_JOBEVENT']._serialized_start=242
+  _globals['_JOBEVENT']._serialized_end=355
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from media.v1 import job_pb2 as _job_pb2
+from media.v1 import notifications_pb2 as _notifications_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -62,19 +63,29 @@ class JobEvent(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """the job's owner (its creator's token subject), for the notifier's feeds"""
+    type: _builtins.str
+    """what changed, as a webhook event type: job.queued, job.progress, ..."""
     @_builtins.property
     def job(self) -> _job_pb2.Job: ...
+    @_builtins.property
+    def notification(self) -> _notifications_pb2.Notification:
+        """the notification a finished job left its owner"""
+
     def __init__(
         self,
         *,
         job: _job_pb2.Job | None = ...,
         owner: _builtins.str = ...,
+        type: _builtins.str = ...,
+        notification: _notifications_pb2.Notification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "notification", b"notification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "notification", b"notification", "owner", b"owner", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,9 +26,10 @@ if _version_not_supported:
 
 
 class JobReaderServiceStub:
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     def __init__(self, channel):
@@ -50,9 +51,10 @@ class JobReaderServiceStub:
 
 
 class JobReaderServiceServicer:
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     def ReadJobs(self, request, context):
@@ -92,9 +94,10 @@ def add_JobReaderServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobReaderService:
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     @staticmethod

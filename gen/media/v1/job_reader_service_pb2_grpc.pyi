@@ -27,9 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class JobReaderServiceStub:
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     @_typing.overload
@@ -45,9 +46,10 @@ class JobReaderServiceStub:
 
 @_typing.type_check_only
 class JobReaderServiceAsyncStub(JobReaderServiceStub):
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -59,9 +61,10 @@ class JobReaderServiceAsyncStub(JobReaderServiceStub):
     """The owner's unfinished (QUEUED or RUNNING) jobs, oldest first, optionally of some kinds only."""
 
 class JobReaderServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal reads for the notifier (a token with the "notifier" role), served on job_service's
-    internal listener next to WorkerService. The notifier authenticates its own callers and shares
-    one read of a job among all of them; job_service stays the only place that signs URLs.
+    """Internal reads for the notifier and the webhook sender (a token with the "notifier" or the
+    "webhooks" role), served on job_service's internal listener next to WorkerService. The notifier
+    authenticates its own callers and shares one read of a job among all of them; job_service stays
+    the only place that signs URLs.
     """
 
     @_abc_1.abstractmethod

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from media.v1 import job_pb2 as media_dot_v1_dot_job__pb2
+from media.v1 import webhook_service_pb2 as media_dot_v1_dot_webhook__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedia/v1/job_service.proto\x12\x08media.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12media/v1/job.proto\"\x80\x01\n\x10\x43reateJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05image\x18\x02 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x03 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x42\x08\n\x06params\"@\n\x11\x43reateJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"\x80\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.media.v1.MediaKind\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.media.v1.JobStatus\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.media.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"@\n\x18\x43reateInputUploadRequest\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x11\n\tbyte_size\x18\x02 \x01(\x03\"\xdf\x01\n\x19\x43reateInputUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x41\n\x07headers\x18\x03 \x03(\x0b\x32\x30.media.v1.CreateInputUploadResponse.HeadersEntry\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xf6\x02\n\nJobService\x12\x44\n\tCreateJob\x12\x1a.media.v1.CreateJobRequest\x1a\x1b.media.v1.CreateJobResponse\x12;\n\x06GetJob\x12\x17.media.v1.GetJobRequest\x1a\x18.media.v1.GetJobResponse\x12\x41\n\x08ListJobs\x12\x19.media.v1.ListJobsRequest\x1a\x1a.media.v1.ListJobsResponse\x12\x44\n\tCancelJob\x12\x1a.media.v1.CancelJobRequest\x1a\x1b.media.v1.CancelJobResponse\x12\\\n\x11\x43reateInputUpload\x12\".media.v1.CreateInputUploadRequest\x1a#.media.v1.CreateInputUploadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedia/v1/job_service.proto\x12\x08media.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12media/v1/job.proto\x1a\x1emedia/v1/webhook_service.proto\"\xa7\x01\n\x10\x43reateJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05image\x18\x02 \x01(\x0b\x32\x15.media.v1.ImageParamsH\x00\x12&\n\x05video\x18\x03 \x01(\x0b\x32\x15.media.v1.VideoParamsH\x00\x12%\n\x07webhook\x18\x04 \x01(\x0b\x32\x14.media.v1.JobWebhookB\x08\n\x06params\"X\n\x11\x43reateJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x16\n\x0ewebhook_secret\x18\x03 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"\x80\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.media.v1.MediaKind\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.media.v1.JobStatus\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.media.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.Job\"@\n\x18\x43reateInputUploadRequest\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x11\n\tbyte_size\x18\x02 \x01(\x03\"\xdf\x01\n\x19\x43reateInputUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x41\n\x07headers\x18\x03 \x03(\x0b\x32\x30.media.v1.CreateInputUploadResponse.HeadersEntry\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xf6\x02\n\nJobService\x12\x44\n\tCreateJob\x12\x1a.media.v1.CreateJobRequest\x1a\x1b.media.v1.CreateJobResponse\x12;\n\x06GetJob\x12\x17.media.v1.GetJobRequest\x1a\x18.media.v1.GetJobResponse\x12\x41\n\x08ListJobs\x12\x19.media.v1.ListJobsRequest\x1a\x1a.media.v1.ListJobsResponse\x12\x44\n\tCancelJob\x12\x1a.media.v1.CancelJobRequest\x1a\x1b.media.v1.CancelJobResponse\x12\\\n\x11\x43reateInputUpload\x12\".media.v1.CreateInputUploadRequest\x1a#.media.v1.CreateInputUploadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_CREATEJOBREQUEST']._serialized_start=94
-  _globals['_CREATEJOBREQUEST']._serialized_end=222
-  _globals['_CREATEJOBRESPONSE']._serialized_start=224
-  _globals['_CREATEJOBRESPONSE']._serialized_end=288
-  _globals['_GETJOBREQUEST']._serialized_start=290
-  _globals['_GETJOBREQUEST']._serialized_end=321
-  _globals['_GETJOBRESPONSE']._serialized_start=323
-  _globals['_GETJOBRESPONSE']._serialized_end=367
-  _globals['_LISTJOBSREQUEST']._serialized_start=370
-  _globals['_LISTJOBSREQUEST']._serialized_end=498
-  _globals['_LISTJOBSRESPONSE']._serialized_start=500
-  _globals['_LISTJOBSRESPONSE']._serialized_end=572
-  _globals['_CANCELJOBREQUEST']._serialized_start=574
-  _globals['_CANCELJOBREQUEST']._serialized_end=608
-  _globals['_CANCELJOBRESPONSE']._serialized_start=610
-  _globals['_CANCELJOBRESPONSE']._serialized_end=657
-  _globals['_CREATEINPUTUPLOADREQUEST']._serialized_start=659
-  _globals['_CREATEINPUTUPLOADREQUEST']._serialized_end=723
-  _globals['_CREATEINPUTUPLOADRESPONSE']._serialized_start=726
-  _globals['_CREATEINPUTUPLOADRESPONSE']._serialized_end=949
-  _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._serialized_start=903
-  _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._serialized_end=949
-  _globals['_JOBSERVICE']._serialized_start=952
-  _globals['_JOBSERVICE']._serialized_end=1326
+  _globals['_CREATEJOBREQUEST']._serialized_start=126
+  _globals['_CREATEJOBREQUEST']._serialized_end=293
+  _globals['_CREATEJOBRESPONSE']._serialized_start=295
+  _globals['_CREATEJOBRESPONSE']._serialized_end=383
+  _globals['_GETJOBREQUEST']._serialized_start=385
+  _globals['_GETJOBREQUEST']._serialized_end=416
+  _globals['_GETJOBRESPONSE']._serialized_start=418
+  _globals['_GETJOBRESPONSE']._serialized_end=462
+  _globals['_LISTJOBSREQUEST']._serialized_start=465
+  _globals['_LISTJOBSREQUEST']._serialized_end=593
+  _globals['_LISTJOBSRESPONSE']._serialized_start=595
+  _globals['_LISTJOBSRESPONSE']._serialized_end=667
+  _globals['_CANCELJOBREQUEST']._serialized_start=669
+  _globals['_CANCELJOBREQUEST']._serialized_end=703
+  _globals['_CANCELJOBRESPONSE']._serialized_start=705
+  _globals['_CANCELJOBRESPONSE']._serialized_end=752
+  _globals['_CREATEINPUTUPLOADREQUEST']._serialized_start=754
+  _globals['_CREATEINPUTUPLOADREQUEST']._serialized_end=818
+  _globals['_CREATEINPUTUPLOADRESPONSE']._serialized_start=821
+  _globals['_CREATEINPUTUPLOADRESPONSE']._serialized_end=1044
+  _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._serialized_start=998
+  _globals['_CREATEINPUTUPLOADRESPONSE_HEADERSENTRY']._serialized_end=1044
+  _globals['_JOBSERVICE']._serialized_start=1047
+  _globals['_JOBSERVICE']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from media.v1 import job_pb2 as _job_pb2
+from media.v1 import webhook_service_pb2 as _webhook_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -27,22 +28,28 @@ class CreateJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     VIDEO_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key (up to 128 printable ASCII characters), unique per user."""
     @_builtins.property
     def image(self) -> _job_pb2.ImageParams: ...
     @_builtins.property
     def video(self) -> _job_pb2.VideoParams: ...
+    @_builtins.property
+    def webhook(self) -> _webhook_service_pb2.JobWebhook:
+        """Optional: a webhook for this job alone, besides the caller's endpoints (WebhookService)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         image: _job_pb2.ImageParams | None = ...,
         video: _job_pb2.VideoParams | None = ...,
+        webhook: _webhook_service_pb2.JobWebhook | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "params", b"params", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "params", b"params", "video", b"video", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "params", b"params", "request_id", b"request_id", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "params", b"params", "request_id", b"request_id", "video", b"video", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["image", "video"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
@@ -56,8 +63,11 @@ class CreateJobResponse(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """false when request_id matched an earlier job"""
+    webhook_secret: _builtins.str
+    """The signing secret of request.webhook (whsec_...); only when this call created the job."""
     @_builtins.property
     def job(self) -> _job_pb2.Job: ...
     def __init__(
@@ -65,10 +75,11 @@ class CreateJobResponse(_message.Message):
         *,
         job: _job_pb2.Job | None = ...,
         created: _builtins.bool = ...,
+        webhook_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "job", b"job", "webhook_secret", b"webhook_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,29 +24,30 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from media.v1 import job_pb2 as media_dot_v1_dot_job__pb2
+from media.v1 import notifications_pb2 as media_dot_v1_dot_notifications__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmedia/v1/notifier_service.proto\x12\x08media.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12media/v1/job.proto\"1\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\x95\x01\n\x10WatchJobResponse\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.JobH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.media.v1.HeartbeatH\x00\x12 \n\x05reset\x18\x04 \x01(\x0b\x32\x0f.media.v1.ResetH\x00\x42\x07\n\x05\x65vent\"m\n\x10WatchJobsRequest\x12\"\n\x05kinds\x18\x01 \x03(\x0e\x32\x13.media.v1.MediaKind\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.media.v1.JobStatus\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\xc7\x01\n\x11WatchJobsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x1c\n\x03job\x18\x02 \x01(\x0b\x32\r.media.v1.JobH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.media.v1.HeartbeatH\x00\x12 \n\x05reset\x18\x04 \x01(\x0b\x32\x0f.media.v1.ResetH\x00\x12/\n\rsnapshot_done\x18\x05 \x01(\x0b\x32\x16.media.v1.SnapshotDoneH\x00\x42\x07\n\x05\x65vent\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x05Reset\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0e\n\x0cSnapshotDone2\x9e\x01\n\x0fNotifierService\x12\x43\n\x08WatchJob\x12\x19.media.v1.WatchJobRequest\x1a\x1a.media.v1.WatchJobResponse0\x01\x12\x46\n\tWatchJobs\x12\x1a.media.v1.WatchJobsRequest\x1a\x1b.media.v1.WatchJobsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmedia/v1/notifier_service.proto\x12\x08media.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12media/v1/job.proto\x1a\x1cmedia/v1/notifications.proto\"1\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\x95\x01\n\x10WatchJobResponse\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\r.media.v1.JobH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.media.v1.HeartbeatH\x00\x12 \n\x05reset\x18\x04 \x01(\x0b\x32\x0f.media.v1.ResetH\x00\x42\x07\n\x05\x65vent\"m\n\x10WatchJobsRequest\x12\"\n\x05kinds\x18\x01 \x03(\x0e\x32\x13.media.v1.MediaKind\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.media.v1.JobStatus\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\xf5\x01\n\x11WatchJobsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x1c\n\x03job\x18\x02 \x01(\x0b\x32\r.media.v1.JobH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.media.v1.HeartbeatH\x00\x12 \n\x05reset\x18\x04 \x01(\x0b\x32\x0f.media.v1.ResetH\x00\x12/\n\rsnapshot_done\x18\x05 \x01(\x0b\x32\x16.media.v1.SnapshotDoneH\x00\x12,\n\x0cnotification\x18\x06 \x01(\x0b\x32\x16.media.v1.NotificationB\x07\n\x05\x65vent\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x05Reset\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0e\n\x0cSnapshotDone2\x9e\x01\n\x0fNotifierService\x12\x43\n\x08WatchJob\x12\x19.media.v1.WatchJobRequest\x1a\x1a.media.v1.WatchJobResponse0\x01\x12\x46\n\tWatchJobs\x12\x1a.media.v1.WatchJobsRequest\x1a\x1b.media.v1.WatchJobsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'media.v1.notifier_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHJOBREQUEST']._serialized_start=98
-  _globals['_WATCHJOBREQUEST']._serialized_end=147
-  _globals['_WATCHJOBRESPONSE']._serialized_start=150
-  _globals['_WATCHJOBRESPONSE']._serialized_end=299
-  _globals['_WATCHJOBSREQUEST']._serialized_start=301
-  _globals['_WATCHJOBSREQUEST']._serialized_end=410
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=413
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=612
-  _globals['_HEARTBEAT']._serialized_start=614
-  _globals['_HEARTBEAT']._serialized_end=667
-  _globals['_RESET']._serialized_start=669
-  _globals['_RESET']._serialized_end=692
-  _globals['_SNAPSHOTDONE']._serialized_start=694
-  _globals['_SNAPSHOTDONE']._serialized_end=708
-  _globals['_NOTIFIERSERVICE']._serialized_start=711
-  _globals['_NOTIFIERSERVICE']._serialized_end=869
+  _globals['_WATCHJOBREQUEST']._serialized_start=128
+  _globals['_WATCHJOBREQUEST']._serialized_end=177
+  _globals['_WATCHJOBRESPONSE']._serialized_start=180
+  _globals['_WATCHJOBRESPONSE']._serialized_end=329
+  _globals['_WATCHJOBSREQUEST']._serialized_start=331
+  _globals['_WATCHJOBSREQUEST']._serialized_end=440
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=443
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=688
+  _globals['_HEARTBEAT']._serialized_start=690
+  _globals['_HEARTBEAT']._serialized_end=743
+  _globals['_RESET']._serialized_start=745
+  _globals['_RESET']._serialized_end=768
+  _globals['_SNAPSHOTDONE']._serialized_start=770
+  _globals['_SNAPSHOTDONE']._serialized_end=784
+  _globals['_NOTIFIERSERVICE']._serialized_start=787
+  _globals['_NOTIFIERSERVICE']._serialized_end=945
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from media.v1 import job_pb2 as _job_pb2
+from media.v1 import notifications_pb2 as _notifications_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -124,6 +125,7 @@ class WatchJobsResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     SNAPSHOT_DONE_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque; pass it back in WatchJobsRequest.cursor to resume after this message. A cursor taken
     before `snapshot_done` resumes by sending the opening snapshot again.
@@ -142,6 +144,12 @@ class WatchJobsResponse(_message.Message):
     def snapshot_done(self) -> Global___SnapshotDone:
         """the opening snapshot of unfinished jobs is complete"""
 
+    @_builtins.property
+    def notification(self) -> _notifications_pb2.Notification:
+        """With a job that has just finished: the notification it left in the caller's inbox
+        (NotificationService), so a notification bell can update live.
+        """
+
     def __init__(
         self,
         *,
@@ -150,10 +158,11 @@ class WatchJobsResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         reset: Global___Reset | None = ...,
         snapshot_done: Global___SnapshotDone | None = ...,
+        notification: _notifications_pb2.Notification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "job", b"job", "reset", b"reset", "snapshot_done", b"snapshot_done"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "job", b"job", "notification", b"notification", "reset", b"reset", "snapshot_done", b"snapshot_done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "heartbeat", b"heartbeat", "job", b"job", "reset", b"reset", "snapshot_done", b"snapshot_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "heartbeat", b"heartbeat", "job", b"job", "notification", b"notification", "reset", b"reset", "snapshot_done", b"snapshot_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["job", "heartbeat", "reset", "snapshot_done"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
