@@ -310,6 +310,9 @@ def service_env(
     # in seconds): per-user limits off unless the environment sets them.
     for name, value in USER_LIMITS_OFF.items():
         env.setdefault(name, value)
+    # Webhook receivers of a local stack (and of the tests) listen on loopback, over http.
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+    env.setdefault("WEBHOOK_ALLOW_HTTP", "true")
     env.update(extra_env or {})
     return env
 
