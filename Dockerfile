@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image for every service; the command picks the process:
-#   python -m services.job_service            gRPC JobService + WorkerService on 50051
+#   python -m services.job_service            gRPC JobService, WebhookService, NotificationService
+#                                             on 50051 (WorkerService, JobReaderService: 50054 in k8s)
 #   python -m services.job_service migrate    Alembic migrations, then exit (the migration Job)
 #   python -m services.notifier               gRPC NotifierService on 50052
 #   python -m services.media_worker           JetStream consumer; gRPC health on 50053
+#   python -m services.webhooks               webhook sender (JetStream consumer); gRPC health on 50055
 # Build: docker build -t media-pipeline:dev .
 # Pin the base by digest in production (python:3.11-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -20,7 +22,7 @@ WORKDIR /src
 # Dependencies change less often than code: build them first so the layer is cached.
 COPY pyproject.toml README.md ./
 COPY gen ./gen
-# Everything that runs: the three services, mediactl and their shared code. The dev-only devstack/,
+# Everything that runs: the four services, mediactl and their shared code. The dev-only devstack/,
 # tests/ and bench/ are not even in the build context (.dockerignore).
 COPY services ./services
 # A regular (non-editable) install: the final stage needs /opt/venv only, not /src.
@@ -41,5 +43,5 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/venv
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 50051 50052 50053 8086 9100
+EXPOSE 50051 50052 50053 50054 50055 8086 9100
 CMD ["python", "-m", "services.job_service"]

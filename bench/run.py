@@ -7,7 +7,10 @@ this separate process:
   3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99);
   4. image jobs per second through one worker process against the Google fake with a fixed
      delay per call, at 1, 2 and 4 jobs in flight (bench/google.py);
-  5. the live feed: 1,000 and 10,000 watchers on one notifier, on one job and on one job each,
+  5. webhooks: deliveries per second to a local receiver, and the latency from a job's change to
+     the receiver (p50, p99), each next to plain aiohttp POSTs to the same receiver
+     (bench/webhooks.py; BENCH_WEBHOOK_JOBS, BENCH_WEBHOOK_LATENCY_JOBS);
+  6. the live feed: 1,000 and 10,000 watchers on one notifier, on one job and on one job each,
      every job changed at once; resume after a disconnect (bench/watchers.py, a stack of its own;
      BENCH_WATCHERS sets the counts, BENCH_SKIP_WATCHERS=1 skips it).
 """
@@ -234,6 +237,10 @@ def main() -> None:
         addrs = bench_stack(stack)
         bare_addr = start_bare_server(stack)
         asyncio.run(measure(addrs, bench_token(addrs), bare_addr, args))
+        from bench.webhooks import run_section as webhooks_section
+
+        print("webhooks: deliveries to a local receiver ...", flush=True)
+        webhooks_section(addrs)
     if args.fake_delay > 0:
         # Sizing worker pools: image jobs through the real google-genai SDK against the fake.
         from bench.google import google_throughput, report

@@ -1,5 +1,6 @@
-"""The three services as child processes, wired to the dependencies, each on a free local port
-and ready once its gRPC health check answers SERVING."""
+"""The services as child processes (job_service, the notifier, the workers and the webhook
+sender), wired to the dependencies, each on a free local port and ready once its gRPC health
+check answers SERVING."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from devstack.procs import (
     wait_until,
 )
 from devstack.state import REPO_ROOT
-from services.common.auth import NOTIFIER_ROLE, WORKER_ROLE, mint_token
+from services.common.auth import NOTIFIER_ROLE, WEBHOOKS_ROLE, WORKER_ROLE, mint_token
 from services.common.config import TlsSettings
 from services.common.tls import sync_channel
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 WORKER_SUBJECT = "media-worker"
 WORKER_TOKEN_TTL_SECONDS = 30 * 24 * 3600  # a long-lived `make up` stack must not lose its worker
 NOTIFIER_SUBJECT = "media-notifier"
+WEBHOOKS_SUBJECT = "media-webhooks"
 DEFAULT_START_TIMEOUT = 60.0
 # job_service's per-user limits of CreateJob turned off, for stacks that create many jobs quickly
 # as one user (the services' defaults are on).
@@ -203,6 +205,8 @@ class Services:
     # More job_service processes on the same database and NATS (add_job_service), as when the
     # Deployment runs several replicas.
     job_service_replicas: list[ServiceProcess] = field(default_factory=list)
+    # The webhook sender (None only while start_services is still starting it).
+    webhooks: ServiceProcess | None = None
 
     @property
     def job_service_addr(self) -> str:
@@ -220,7 +224,8 @@ class Services:
     @property
     def procs(self) -> list[ServiceProcess]:
         servers = (self.job_service, *self.job_service_replicas)
-        return [p for p in (*servers, self.notifier, *self.workers) if p is not None]
+        clients = (self.notifier, self.webhooks, *self.workers)
+        return [p for p in (*servers, *clients) if p is not None]
 
     def worker_procs(self) -> list[ServiceProcess]:
         return list(self.workers)
@@ -281,9 +286,12 @@ class Services:
         return worker
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM to the workers and the notifier together, then to job_service (which the
-        workers still report to while they drain); SIGKILL to whatever outlasts `timeout`."""
-        clients = [p.process for p in (self.notifier, *self.workers) if p and p.process]
+        """SIGTERM to the workers, the notifier and the webhook sender together, then to
+        job_service (which the workers still report to while they drain); SIGKILL to whatever
+        outlasts `timeout`."""
+        clients = [
+            p.process for p in (self.notifier, self.webhooks, *self.workers) if p and p.process
+        ]
         stop_all(clients, timeout)
         servers = [self.job_service, *self.job_service_replicas]
         stop_all([p.process for p in servers if p.process is not None], timeout)
@@ -327,8 +335,9 @@ def start_services(
     timeout: float = DEFAULT_START_TIMEOUT,
     worker_listener: bool = True,
 ) -> Services:
-    """Starts job_service, then the notifier and `workers` workers in parallel; returns once
-    every one of them reports SERVING. Logs go to run_dir/logs/<name>.log.
+    """Starts job_service, then the notifier, the webhook sender and `workers` workers in
+    parallel; returns once every one of them reports SERVING. Logs go to
+    run_dir/logs/<name>.log.
 
     worker_listener: job_service serves WorkerService on a port of its own, as deployed, and the
     workers call it there; False keeps it beside JobService on the public port."""
@@ -355,6 +364,15 @@ def start_services(
         secret,
         NOTIFIER_SUBJECT,
         roles=(NOTIFIER_ROLE,),
+        audience=audience,
+        issuer=issuer,
+        ttl_seconds=WORKER_TOKEN_TTL_SECONDS,
+    )
+    # So does the webhook sender, for fresh output URLs.
+    webhooks_token = mint_token(
+        secret,
+        WEBHOOKS_SUBJECT,
+        roles=(WEBHOOKS_ROLE,),
         audience=audience,
         issuer=issuer,
         ttl_seconds=WORKER_TOKEN_TTL_SECONDS,
@@ -390,13 +408,29 @@ def start_services(
             log_dir=log_dir,
             pid_dir=pid_dir,
         )
+        # It reads the database (endpoints, its delivery queue) and JetStream itself, and jobs
+        # through JobReaderService.
+        services.webhooks = ServiceProcess(
+            name="webhooks",
+            module="services.webhooks",
+            env={
+                **client_env,
+                "JOB_SERVICE_ADDR": services.worker_service_addr,
+                "WEBHOOKS_TOKEN": webhooks_token,
+                "DATABASE_URL": deps.database_url,
+                "NATS_URL": deps.nats_url,
+            },
+            log_dir=log_dir,
+            pid_dir=pid_dir,
+        )
         services._worker_env = {
             **client_env,
             "JOB_SERVICE_ADDR": services.worker_service_addr,
             "WORKER_TOKEN": worker_token,
         }
         services.workers = [services._new_worker(None) for _ in range(workers)]
-        later = [services.notifier, *services.workers]  # start together, wait together
+        # Started together, waited for together.
+        later = [services.notifier, services.webhooks, *services.workers]
         for proc in later:
             proc.spawn()
         for proc in later:
@@ -405,11 +439,13 @@ def start_services(
         services.stop(5)
         raise
     log.info(
-        "services ready in %.2f s: job_service %s (workers: %s), notifier %s, %d worker(s)",
+        "services ready in %.2f s: job_service %s (workers: %s), notifier %s, webhooks %s, "
+        "%d worker(s)",
         time.monotonic() - started,
         services.job_service_addr,
         services.worker_service_addr,
         services.notifier_addr,
+        services.webhooks.addr,
         len(services.workers),
     )
     return services

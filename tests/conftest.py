@@ -1,5 +1,5 @@
 """Session fixtures: real PostgreSQL, nats-server (JetStream) and S3 (moto) started by the
-devstack, the three services as real processes, and clients for them."""
+devstack, the services as real processes, and clients for them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from media.v1 import (
     worker_service_pb2_grpc,
 )
 from services.common.auth import bearer_metadata, mint_token
+
+# The webhook sender's retry schedule compressed (three retries), and its poll for due retries.
+WEBHOOKS_QUICK = {"WEBHOOK_RETRY_SCHEDULE": "0.3,0.3,0.3", "WEBHOOK_POLL_SECONDS": "0.1"}
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +49,9 @@ def stack(
     # The session's tests create many jobs quickly as one user (the fuzz tests hundreds): per-user
     # limits off, whatever the environment says (test_security.py and test_rate_limits.py have
     # stacks of their own with limits on). The sweeper is off too: some tests count the objects
-    # in the bucket before and after (test_sweeper.py has a stack of its own for it).
-    env = {**USER_LIMITS_OFF, "SWEEP_INTERVAL_SECONDS": "0"}
+    # in the bucket before and after (test_sweeper.py has a stack of its own for it). Webhook
+    # retries come within a second, so that a test sees a whole schedule play out.
+    env = {**USER_LIMITS_OFF, "SWEEP_INTERVAL_SECONDS": "0", **WEBHOOKS_QUICK}
     started = start_services(run_dir, deps, secret, workers=1, extra_env=env)
     try:
         yield started

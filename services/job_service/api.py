@@ -4,19 +4,18 @@ jobs (another user's job answers NOT_FOUND, not PERMISSION_DENIED, so IDs leak n
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import uuid
 
 import grpc
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from services.common import lifecycle, logs, tracing
+from services.common import lifecycle, logs, tracing, webhook_signing
 from services.common.auth import Identity, TokenVerifier
 from services.common.errors import RpcError, invalid_argument, not_found, refused
 from services.common.ids import uuid7
 from services.job_service import metrics as job_metrics
-from services.job_service import validation
+from services.job_service import pages, validation, webhook_validation
 from services.job_service.batcher import CreateBatcher
 from services.job_service.database import call
 from services.job_service.inputs import (
@@ -30,10 +29,11 @@ from services.job_service.inputs import (
 )
 from services.job_service.ratelimit import RateLimiter, SharedBudget
 from services.job_service.records import digest
-from services.job_service.settings import Limits
+from services.job_service.settings import Limits, WebhookSettings
 from services.job_service.store import NewJob, Store
 from services.job_service.urls import UrlSigner
 from services.job_service.validation import ValidCreate
+from services.job_service.webhook_store import NewEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         limits: Limits,
         inputs: InputImages,
         rate_budget: SharedBudget | None = None,  # None: each replica limits on its own
+        webhooks: WebhookSettings | None = None,  # None: the defaults (https, public addresses)
     ) -> None:
         self._store = store
+        self._webhooks = webhooks or WebhookSettings()
         self._verifier = verifier
         self._signer = signer
         self._limits = limits
@@ -101,6 +103,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             valid = await asyncio.to_thread(validation.create_request, request, self._limits)
         else:
             valid = validation.create_request(request, self._limits)
+        webhook = await self._job_webhook(job_id, owner, request)
         request_digest = _digest(valid)
         request_id = valid.request.request_id or None
         params = valid.params
@@ -133,6 +136,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             kind=lifecycle.KINDS_BY_NAME[valid.kind],
             params=params,
             trace_headers=tracing.current_headers(),
+            webhook=webhook,
         )
         try:
             result = await self._batcher.create(new)
@@ -161,7 +165,28 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             await self._inputs.finish(claimed)
         job_metrics.job_created(new.kind)
         log.debug("job created", extra={"job_id": result.job.id, "kind": valid.kind})
-        return job_service_pb2.CreateJobResponse(job=result.job, created=True)
+        return job_service_pb2.CreateJobResponse(
+            job=result.job,
+            created=True,
+            webhook_secret=webhook.secret if webhook is not None else "",
+        )
+
+    async def _job_webhook(
+        self, job_id: uuid.UUID, owner: str, request: job_service_pb2.CreateJobRequest
+    ) -> NewEndpoint | None:
+        """The one-off endpoint of CreateJobRequest.webhook, checked (None: none was asked for).
+        It is written with the job, and its secret returned only by the call that created it."""
+        if not request.HasField("webhook"):
+            return None
+        valid = await webhook_validation.job_webhook(request.webhook, self._webhooks.url_policy)
+        return NewEndpoint(
+            id=uuid7(),
+            owner=owner,
+            url=valid.target.url,
+            event_types=valid.event_types,
+            secret=webhook_signing.new_secret(),
+            job_id=job_id,
+        )
 
     async def _taken(
         self, why: Taken, valid: ValidCreate, owner: str, request_digest: bytes
@@ -253,7 +278,11 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.ListJobsResponse:
         who = await self._identity(context.invocation_metadata())
         page_size = validation.list_request(request, self._limits)
-        before = _decode_token(request) if request.page_token else None
+        before = (
+            pages.decode(request.page_token, request.kind, request.status, call="ListJobs")
+            if request.page_token
+            else None
+        )
         # One extra row tells whether another page exists.
         found = await call(
             self._store.list_jobs,
@@ -275,7 +304,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             page.append(signed)
         response = job_service_pb2.ListJobsResponse(jobs=page)
         if len(found) > len(page):
-            response.next_page_token = _encode_token(request, page[-1].id)
+            response.next_page_token = pages.encode(page[-1].id, request.kind, request.status)
         return response
 
     async def CancelJob(
@@ -328,25 +357,3 @@ def _digest(valid: ValidCreate) -> bytes:
         getattr(anonymous, valid.kind).input_image.ClearField("upload_id")
         return digest(anonymous, b"upload")
     return digest(valid.request)
-
-
-def _encode_token(request: job_service_pb2.ListJobsRequest, last_id: str) -> str:
-    # The filters travel in the token so a page cannot be continued under other filters.
-    raw = f"1:{request.kind}:{request.status}:{last_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(request: job_service_pb2.ListJobsRequest) -> uuid.UUID:
-    token = request.page_token
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        version, kind, status, last_id = raw.split(":")
-        parsed = uuid.UUID(last_id)
-        ok = version == "1" and int(kind) == request.kind and int(status) == request.status
-    except ValueError:
-        ok = False
-    if not ok:
-        raise invalid_argument(
-            [("page_token", "is not a token from a ListJobs call with the same filters")]
-        )
-    return parsed

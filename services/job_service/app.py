@@ -1,6 +1,7 @@
 """Wires job_service together: settings -> database, S3, NATS, outbox relay, metrics sampler,
-sweeper,
-gRPC server (ready while Postgres, NATS and S3 answer).
+sweeper, gRPC server (ready while Postgres, NATS and S3 answer): JobService, WebhookService and
+NotificationService on the public listener, WorkerService and JobReaderService on the internal
+one.
 
 Blocking calls run in bulkheads, one per dependency, so that one that hangs holds only its own
 threads: SQL in database.py's (DB_POOL_SIZE threads, one per connection), S3 in `s3_bulkhead`
@@ -13,7 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from media.v1 import job_reader_service_pb2_grpc, job_service_pb2_grpc, worker_service_pb2_grpc
+from media.v1 import (
+    job_reader_service_pb2_grpc,
+    job_service_pb2_grpc,
+    notifications_pb2_grpc,
+    webhook_service_pb2_grpc,
+    worker_service_pb2_grpc,
+)
 from services.common import jetstream
 from services.common.auth import TokenVerifier
 from services.common.bulkhead import Bulkhead
@@ -29,6 +36,8 @@ from services.job_service import database, migrate, ratelimit
 from services.job_service.api import JobApi
 from services.job_service.database import make_engine
 from services.job_service.inputs import InputImages, UploadRows
+from services.job_service.notification_store import NotificationStore
+from services.job_service.notifications_api import NotificationsApi
 from services.job_service.outbox import OutboxRelay
 from services.job_service.reader_api import JobReaderApi
 from services.job_service.sampler import Sampler, monitor_engine
@@ -37,6 +46,8 @@ from services.job_service.store import Store
 from services.job_service.sweep_queries import sweeper_engine
 from services.job_service.sweeper import Sweeper
 from services.job_service.urls import UrlSigner
+from services.job_service.webhook_store import WebhookStore
+from services.job_service.webhooks_api import WebhooksApi
 from services.job_service.worker_api import WorkerApi
 
 log = logging.getLogger(__name__)
@@ -147,7 +158,24 @@ async def serve(settings: JobServiceSettings) -> None:
             settings.limits,
             inputs,
             rate_budget=rate_budget,
+            webhooks=settings.webhooks,
         ),
+    )
+    # The caller's webhook endpoints and inbox, beside JobService: the same clients.
+    webhook_store = WebhookStore(
+        engine,
+        max_endpoints=settings.webhooks.max_endpoints_per_user,
+        overlap_seconds=settings.webhooks.secret_overlap_seconds,
+    )
+    host.add(
+        "media.v1.WebhookService",
+        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server,
+        WebhooksApi(webhook_store, verifier, settings.limits, settings.webhooks),
+    )
+    host.add(
+        "media.v1.NotificationService",
+        notifications_pb2_grpc.add_NotificationServiceServicer_to_server,
+        NotificationsApi(NotificationStore(engine), verifier, settings.limits),
     )
     # With WORKER_LISTEN_ADDR, WorkerService is served there only: the public port answers its
     # methods UNIMPLEMENTED, and NetworkPolicies let only workers reach the worker port.

@@ -1,6 +1,6 @@
 """Mapping between database rows and media.v1 messages: jobs and outputs rows to and from
-messages (a jobs row read with its outputs rows), and a job's outbox rows (its dispatch and status
-event)."""
+messages (a jobs row read with its outputs rows), a job's outbox rows (its dispatch and status
+event), notifications, webhook endpoints and deliveries."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Protocol
 from google.protobuf.message import Message
 from sqlalchemy import Connection, select
 
-from media.v1 import events_pb2, job_pb2
+from media.v1 import events_pb2, job_pb2, notifications_pb2, webhook_service_pb2
 from services.common import jetstream, lifecycle
 from services.common.lifecycle import Emit, ErrorCode, Kind, Status
 from services.job_service import schema
@@ -148,9 +148,12 @@ def outbox_rows(
     headers: dict[str, str] | None,
     *,
     owner: str,
+    event_type: lifecycle.EventType,
+    notification: notifications_pb2.Notification | None = None,
 ) -> list[OutboxValues]:
     """The outbox rows of what a transition emits: a dispatch (with the job's parameters) and the
-    job's status event (with its owner, for the notifier's ownership checks and feeds)."""
+    job's status event (with its owner, for the notifier's ownership checks and feeds, what the
+    change was, and the notification it left when it finished the job)."""
     rows: list[OutboxValues] = []
     for what in emit:
         if what is Emit.DISPATCH:
@@ -161,6 +164,125 @@ def outbox_rows(
             subject, payload = jetstream.dispatch_subject(kind), dispatch.SerializeToString()
         else:
             subject = jetstream.event_subject(owner, job.id)
-            payload = events_pb2.JobEvent(job=job, owner=owner).SerializeToString()
+            event = events_pb2.JobEvent(
+                job=job, owner=owner, type=event_type, notification=notification
+            )
+            payload = event.SerializeToString()
         rows.append({"subject": subject, "payload": payload, "headers": headers})
     return rows
+
+
+class NotificationRow(Protocol):
+    """The columns of a notifications row (see schema.notifications)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    type: str
+    title: str
+    message: str
+    created_at: dt.datetime
+    read_at: dt.datetime | None
+
+
+def to_notification(row: NotificationRow) -> notifications_pb2.Notification:
+    notification = notifications_pb2.Notification(
+        id=str(row.id),
+        type=row.type,
+        title=row.title,
+        message=row.message,
+        job_id=str(row.job_id),
+        read=row.read_at is not None,
+    )
+    notification.create_time.FromDatetime(row.created_at)
+    return notification
+
+
+class EndpointRow(Protocol):
+    """The columns of a webhook_endpoints row that a WebhookEndpoint shows (never its secrets)."""
+
+    id: uuid.UUID
+    url: str
+    description: str
+    event_types: list[str]
+    kinds: list[int]
+    job_id: uuid.UUID | None
+    previous_secret_expires_at: dt.datetime | None
+    enabled: bool
+    disabled_reason: str
+    disabled_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def to_endpoint(row: EndpointRow, now: dt.datetime) -> webhook_service_pb2.WebhookEndpoint:
+    endpoint = webhook_service_pb2.WebhookEndpoint(
+        id=str(row.id),
+        url=row.url,
+        event_types=row.event_types,
+        kinds=row.kinds,  # type: ignore[arg-type]  # MediaKind values, stored as integers
+        description=row.description,
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        job_id=str(row.job_id) if row.job_id is not None else "",
+    )
+    if row.disabled_at is not None:
+        endpoint.disable_time.FromDatetime(row.disabled_at)
+    endpoint.create_time.FromDatetime(row.created_at)
+    endpoint.update_time.FromDatetime(row.updated_at)
+    expires = row.previous_secret_expires_at
+    if expires is not None and expires > now:
+        endpoint.previous_secret_expire_time.FromDatetime(expires)
+    return endpoint
+
+
+class DeliveryRow(Protocol):
+    """The columns of a webhook_deliveries row that a WebhookDelivery shows."""
+
+    id: uuid.UUID
+    endpoint_id: uuid.UUID
+    event_type: str
+    job_id: uuid.UUID
+    job_version: int
+    state: int
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class AttemptRow(Protocol):
+    """The columns of a webhook_attempts row (see schema.webhook_attempts)."""
+
+    delivery_id: uuid.UUID
+    number: int
+    started_at: dt.datetime
+    status_code: int
+    latency_ms: int
+    response_head: str
+    error: str
+    manual: bool
+
+
+def to_delivery(
+    row: DeliveryRow, attempts: Iterable[AttemptRow]
+) -> webhook_service_pb2.WebhookDelivery:
+    delivery = webhook_service_pb2.WebhookDelivery(
+        id=str(row.id),
+        endpoint_id=str(row.endpoint_id),
+        event_type=row.event_type,
+        job_id=str(row.job_id),
+        job_version=row.job_version,
+        state=row.state,  # type: ignore[arg-type]  # a DeliveryState value
+    )
+    delivery.create_time.FromDatetime(row.created_at)
+    if row.state == webhook_service_pb2.DELIVERY_STATE_PENDING and row.next_attempt_at is not None:
+        delivery.next_attempt_time.FromDatetime(row.next_attempt_at)
+    for a in attempts:
+        attempt = delivery.attempts.add(
+            number=a.number,
+            status_code=a.status_code,
+            response_head=a.response_head,
+            error=a.error,
+            manual=a.manual,
+        )
+        attempt.start_time.FromDatetime(a.started_at)
+        attempt.latency.FromMilliseconds(a.latency_ms)
+    return delivery

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -18,7 +18,9 @@ from services.common.config import (
     env_required,
     env_str,
     max_input_image_bytes,
+    webhook_url_policy,
 )
+from services.common.webhook_urls import UrlPolicy
 
 IMAGE_MODELS = (
     "gemini-2.5-flash-image",
@@ -59,6 +61,15 @@ _REQUEST_ROOM = 80 * 1024
 MAX_CONCURRENT_RPCS = 32
 UPLOAD_URL_TTL_SECONDS = 900
 _MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # what S3 signs at most (SigV4)
+
+# Webhook endpoints (WebhookService): how long a rotated-out secret still signs, and how many
+# endpoints a user may register (one-off endpoints CreateJob makes for a job do not count).
+WEBHOOK_SECRET_OVERLAP_SECONDS = 24 * 3600
+MAX_WEBHOOK_ENDPOINTS_PER_USER = 20
+# What the sweeper keeps: notifications, and finished webhook deliveries (with the one-off
+# endpoints of finished jobs).
+NOTIFICATION_RETENTION_SECONDS = 30 * 24 * 3600
+WEBHOOK_DELIVERY_RETENTION_SECONDS = 30 * 24 * 3600
 
 # What the models accept at most; the settings may only lower these.
 MODEL_MAX_IMAGES = 4
@@ -135,6 +146,11 @@ class SweepSettings:
     input_retention_seconds: float = 0.0  # a finished job's input image is kept this long
     grace_seconds: float = 3600.0  # an object younger than this is never an orphan
     max_per_round: int = 10_000  # objects listed per prefix, and finished jobs read, per round
+    # Rows deleted from the database once older than these (also at most max_per_round per
+    # table and round): notifications; webhook deliveries that are no longer pending, and the
+    # one-off endpoints of jobs that finished.
+    notification_retention_seconds: float = NOTIFICATION_RETENTION_SECONDS
+    webhook_delivery_retention_seconds: float = WEBHOOK_DELIVERY_RETENTION_SECONDS
 
     @classmethod
     def from_env(cls) -> SweepSettings:
@@ -143,6 +159,34 @@ class SweepSettings:
             input_retention_seconds=_non_negative("INPUT_RETENTION_SECONDS", 0.0),
             grace_seconds=_non_negative("SWEEP_GRACE_SECONDS", 3600.0),
             max_per_round=env_int("SWEEP_MAX_PER_ROUND", 10_000, minimum=1),
+            notification_retention_seconds=env_positive(
+                "NOTIFICATION_RETENTION_SECONDS", NOTIFICATION_RETENTION_SECONDS
+            ),
+            webhook_delivery_retention_seconds=env_positive(
+                "WEBHOOK_DELIVERY_RETENTION_SECONDS", WEBHOOK_DELIVERY_RETENTION_SECONDS
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """WebhookService's: where endpoints may point, secret rotation, the cap per user."""
+
+    # WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOW_PRIVATE_NETWORKS
+    url_policy: UrlPolicy = field(default_factory=UrlPolicy)
+    secret_overlap_seconds: int = WEBHOOK_SECRET_OVERLAP_SECONDS
+    max_endpoints_per_user: int = MAX_WEBHOOK_ENDPOINTS_PER_USER
+
+    @classmethod
+    def from_env(cls) -> WebhookSettings:
+        return cls(
+            url_policy=webhook_url_policy(),
+            secret_overlap_seconds=env_int(
+                "WEBHOOK_SECRET_OVERLAP_SECONDS", WEBHOOK_SECRET_OVERLAP_SECONDS, minimum=0
+            ),
+            max_endpoints_per_user=env_int(
+                "MAX_WEBHOOK_ENDPOINTS_PER_USER", MAX_WEBHOOK_ENDPOINTS_PER_USER, minimum=1
+            ),
         )
 
 
@@ -169,6 +213,7 @@ class JobServiceSettings:
     outbox_poll_seconds: float
     metrics_sample_seconds: float = 5.0
     sweep: SweepSettings = SweepSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     # WorkerService on a listener of its own, so that the network can keep clients off it;
     # empty: it is served on LISTEN_ADDR beside JobService (a minimal local setup).
     worker_listen_addr: str = ""
@@ -233,6 +278,7 @@ class JobServiceSettings:
             outbox_poll_seconds=env_float("OUTBOX_POLL_SECONDS", 1.0),
             metrics_sample_seconds=env_float("METRICS_SAMPLE_SECONDS", 5.0),
             sweep=SweepSettings.from_env(),
+            webhooks=WebhookSettings.from_env(),
             worker_listen_addr=env_str("WORKER_LISTEN_ADDR", ""),
             db_call_timeout_seconds=env_positive("DB_CALL_TIMEOUT_SECONDS", 5.0),
             s3_threads=env_int("S3_THREADS", 8, minimum=1),

@@ -35,6 +35,7 @@ from services.common.lifecycle import (
     Unchanged,
 )
 from services.job_service import metrics as job_metrics
+from services.job_service.notification_store import write_notification
 from services.job_service.outbox import OutboxRow, OutboxValues, write_outbox
 from services.job_service.records import (
     JobRow,
@@ -45,6 +46,7 @@ from services.job_service.records import (
     to_jobs,
 )
 from services.job_service.schema import ACTIVE_PREDICATE, jobs, outputs
+from services.job_service.webhook_store import NewEndpoint, write_endpoints
 
 # Every job starts the same way; asked once.
 _CREATED = lifecycle.create()
@@ -61,6 +63,8 @@ class NewJob:
     # The trace context of the CreateJob call, stored with its outbox rows (creates are batched,
     # so it cannot be read from the context the transaction runs in).
     trace_headers: dict[str, str] | None = None
+    # CreateJobRequest.webhook: a one-off endpoint written with the job (not with a replay).
+    webhook: NewEndpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,11 @@ class Store:
             return self._with_outputs(conn, row), row.request_digest
 
     def create_jobs(self, batch: Sequence[NewJob]) -> list[Created]:
-        """Inserts jobs with their dispatches and first status events in one transaction (one
-        statement per table however many jobs). A job whose (owner, request_id) exists already is
-        not inserted: its entry holds the existing job, with created False. A job over its
-        owner's cap of active jobs is not inserted either: its entry has over_active_cap."""
+        """Inserts jobs with their dispatches, first status events and one-off webhook endpoints
+        in one transaction (one statement per table however many jobs). A job whose (owner,
+        request_id) exists already is not inserted: its entry holds the existing job, with
+        created False. A job over its owner's cap of active jobs is not inserted either: its
+        entry has over_active_cap."""
         with self._transaction() as tx:
             conn = tx.conn
             refused = self._over_active_cap(conn, batch) if self.max_active_per_owner else set()
@@ -130,6 +135,7 @@ class Store:
                 {row.id: row for row in conn.execute(_INSERT_JOBS, accepted)} if accepted else {}
             )
             results: list[Created] = []
+            endpoints: list[NewEndpoint] = []
             for new in batch:
                 if new.id in refused:
                     results.append(Created(job_pb2.Job(), False, None, over_active_cap=True))
@@ -146,9 +152,19 @@ class Store:
                     continue
                 job = to_job(row)
                 tx.outbox.extend(
-                    outbox_rows(_CREATED.emit, job, new.params, new.trace_headers, owner=new.owner)
+                    outbox_rows(
+                        _CREATED.emit,
+                        job,
+                        new.params,
+                        new.trace_headers,
+                        owner=new.owner,
+                        event_type=_CREATED.event_type,
+                    )
                 )
+                if new.webhook is not None:
+                    endpoints.append(new.webhook)
                 results.append(Created(job, True, new.request_digest))
+            write_endpoints(conn, endpoints)
         return results
 
     def _over_active_cap(self, conn: Connection, batch: Sequence[NewJob]) -> set[uuid.UUID]:
@@ -312,9 +328,23 @@ class Store:
             job.outputs.extend(new_outputs)
         else:
             job = self._with_outputs(tx.conn, updated)
+        # The inbox entry of a finished job, committed with the change and carried by its event.
+        notification = (
+            write_notification(tx.conn, row.owner, job, transition.event_type)
+            if transition.finished
+            else None
+        )
         # The calling RPC's trace context (database.call carries it into this thread).
         tx.outbox.extend(
-            outbox_rows(transition.emit, job, None, tracing.current_headers(), owner=row.owner)
+            outbox_rows(
+                transition.emit,
+                job,
+                None,
+                tracing.current_headers(),
+                owner=row.owner,
+                event_type=transition.event_type,
+                notification=notification,
+            )
         )
         if state.status != row.status:
             # Counted before the commit: a failed commit (rare) counts a completion twice.

@@ -1,6 +1,7 @@
 """The sweeper's SQL: its engine and lock, the finished jobs whose inputs are due, what the
-database knows of the jobs objects are stored for, and where each listing stopped. Blocking: the
-sweeper (sweeper.py) runs these on its own thread and connection."""
+database knows of the jobs objects are stored for, where each listing stopped, and the rows past
+their retention (upload records, notifications, webhook deliveries and one-off endpoints).
+Blocking: the sweeper (sweeper.py) runs these on its own thread and connection."""
 
 from __future__ import annotations
 
@@ -25,14 +26,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.pool import NullPool
 
-from media.v1 import job_pb2
+from media.v1 import job_pb2, webhook_service_pb2
 from services.common import lifecycle
 from services.job_service.schema import (
     INPUT_UNSWEPT_PREDICATE,
     input_uploads,
     jobs,
+    notifications,
     outputs,
     sweep_cursors,
+    webhook_deliveries,
+    webhook_endpoints,
 )
 from services.job_service.sweep_rules import JobFacts
 
@@ -106,6 +110,53 @@ def expire_uploads(conn: Connection, grace_seconds: float, limit: int) -> int:
         .limit(limit)
     )
     return conn.execute(delete(input_uploads).where(input_uploads.c.id.in_(oldest))).rowcount
+
+
+def expire_notifications(conn: Connection, retention_seconds: float, limit: int) -> int:
+    """Deletes the oldest notifications past the retention, at most `limit`; returns how many."""
+    oldest = (
+        select(notifications.c.id)
+        .where(_older_than(notifications.c.created_at, retention_seconds))
+        .order_by(notifications.c.created_at)
+        .limit(limit)
+    )
+    return conn.execute(delete(notifications).where(notifications.c.id.in_(oldest))).rowcount
+
+
+def expire_deliveries(conn: Connection, retention_seconds: float, limit: int) -> int:
+    """Deletes the oldest webhook deliveries past the retention that are no longer pending (with
+    their attempts), at most `limit`; returns how many."""
+    oldest = (
+        select(webhook_deliveries.c.id)
+        .where(
+            _older_than(webhook_deliveries.c.created_at, retention_seconds),
+            webhook_deliveries.c.state != webhook_service_pb2.DELIVERY_STATE_PENDING,
+        )
+        .order_by(webhook_deliveries.c.created_at)
+        .limit(limit)
+    )
+    return conn.execute(
+        delete(webhook_deliveries).where(webhook_deliveries.c.id.in_(oldest))
+    ).rowcount
+
+
+def expire_job_endpoints(conn: Connection, retention_seconds: float, limit: int) -> int:
+    """Deletes one-off job endpoints created before the retention whose job has finished (with
+    whatever deliveries they still have), at most `limit`; returns how many."""
+    oldest = (
+        select(webhook_endpoints.c.id)
+        .select_from(webhook_endpoints.join(jobs, jobs.c.id == webhook_endpoints.c.job_id))
+        .where(
+            webhook_endpoints.c.job_id.is_not(None),
+            _older_than(webhook_endpoints.c.created_at, retention_seconds),
+            jobs.c.finished_at.is_not(None),
+        )
+        .order_by(webhook_endpoints.c.created_at)
+        .limit(limit)
+    )
+    return conn.execute(
+        delete(webhook_endpoints).where(webhook_endpoints.c.id.in_(oldest))
+    ).rowcount
 
 
 def mark_swept(conn: Connection, job_ids: Sequence[uuid.UUID]) -> None:

@@ -15,6 +15,11 @@ lock sweeps and the others skip. A round has three passes, each bounded by SWEEP
   finished one within its retention), and the outputs of an active job's current attempt.
 - uploads/: presigned uploads older than the grace (CreateJob copies an upload away at once).
 
+Then rows past their retention, each table bounded by SWEEP_MAX_PER_ROUND: the records of
+uploads past the grace, notifications older than NOTIFICATION_RETENTION_SECONDS, webhook
+deliveries no longer pending older than WEBHOOK_DELIVERY_RETENTION_SECONDS, and the one-off
+webhook endpoints of finished jobs created before that.
+
 Listings resume where the previous round stopped (table sweep_cursors), so a bucket larger than
 one round is covered pass by pass. Here are the rounds (S3 listing and deleting, in order with the
 SQL): what goes and why is sweep_rules.py's, without I/O, and the SQL is sweep_queries.py's. Keys
@@ -45,6 +50,9 @@ from services.job_service.metrics import SweepReason
 from services.job_service.settings import SweepSettings
 from services.job_service.sweep_queries import (
     due_inputs,
+    expire_deliveries,
+    expire_job_endpoints,
+    expire_notifications,
     expire_uploads,
     job_facts,
     mark_swept,
@@ -124,14 +132,7 @@ class Sweeper:
             await self._sweep_inputs(conn, swept)
             await self._sweep_listing(conn, keys.JOBS_PREFIX, self._orphans, swept)
             await self._sweep_listing(conn, keys.UPLOADS_PREFIX, self._stale_uploads, swept)
-            expired = await self._in_db(
-                expire_uploads,
-                conn,
-                self._settings.grace_seconds,
-                self._settings.max_per_round,
-            )
-            if expired:
-                log.info("forgot %d upload record(s) past the grace", expired)
+            await self._expire_rows(conn)
         finally:
             # Closes the connection, and with it the session's advisory lock.
             await self._in_db(conn.close)
@@ -142,6 +143,20 @@ class Sweeper:
                 ", ".join(f"{n} {reason}" for reason, n in sorted(swept.counts.items()) if n),
             )
         return swept
+
+    async def _expire_rows(self, conn: Connection) -> None:
+        settings = self._settings
+        delivery_retention = settings.webhook_delivery_retention_seconds
+        passes = (
+            (expire_uploads, settings.grace_seconds, "upload record(s) past the grace"),
+            (expire_notifications, settings.notification_retention_seconds, "notification(s)"),
+            (expire_deliveries, delivery_retention, "webhook delivery(ies)"),
+            (expire_job_endpoints, delivery_retention, "one-off webhook endpoint(s)"),
+        )
+        for expire, retention, what in passes:
+            expired = await self._in_db(expire, conn, retention, settings.max_per_round)
+            if expired:
+                log.info("forgot %d %s", expired, what)
 
     async def _sweep_inputs(self, conn: Connection, swept: Swept) -> None:
         retention = self._settings.input_retention_seconds

@@ -26,6 +26,7 @@ DEFAULT_VIDEO_SECONDS = 8  # or Limits.max_video_seconds when that is lower
 MAX_OUTPUTS = 4
 _MAX_DURATION_SECONDS = 24 * 3600.0  # of an output; also rules out NaN and infinity
 MAX_REQUEST_ID_CHARS = 128
+DEFAULT_PAGE_SIZE = 20
 
 Violations = list[tuple[str, str]]
 
@@ -237,14 +238,20 @@ def _decodes(data: bytes) -> bool:
 def list_request(request: job_service_pb2.ListJobsRequest, limits: Limits) -> int:
     """The page size to use."""
     bad: Violations = []
-    if request.page_size < 0:
-        bad.append(("page_size", "must not be negative"))
+    size = page_size(request.page_size, limits, bad)
     _enum(request.kind, job_pb2.MediaKind, "kind", bad)
     _enum(request.status, job_pb2.JobStatus, "status", bad)
     if bad:
         raise invalid_argument(bad)
-    # Larger pages are coerced to the maximum, as Google's AIP-158 asks.
-    return min(request.page_size or 20, limits.max_page_size)
+    return size
+
+
+def page_size(value: int, limits: Limits, bad: Violations) -> int:
+    """The page size a List call asked for: 0 means 20; larger than the maximum is coerced to
+    it, as Google's AIP-158 asks."""
+    if value < 0:
+        bad.append(("page_size", "must not be negative"))
+    return min(value or DEFAULT_PAGE_SIZE, limits.max_page_size)
 
 
 def _attempt_of(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import io
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.descriptor import EnumDescriptor
 from PIL import Image, UnidentifiedImageError
 
-from media.v1 import job_pb2, job_service_pb2
+from media.v1 import job_pb2, job_service_pb2, notifications_pb2, webhook_service_pb2
 from services.common import lifecycle
 
 
@@ -44,6 +45,7 @@ ASPECT_RATIOS = {
 }
 KINDS: dict[str, int] = dict(lifecycle.KINDS_BY_NAME)
 STATUSES = {lifecycle.status_name(status).lower(): int(status) for status in lifecycle.STATUSES}
+DELIVERY_STATES = _choices(webhook_service_pb2.DeliveryState.DESCRIPTOR, "DELIVERY_STATE_")
 
 
 def normalize_choice(text: str) -> str:
@@ -110,6 +112,12 @@ def create_request(args: argparse.Namespace) -> job_service_pb2.CreateJobRequest
     request.request_id = args.request_id or new_request_id()
     params.prompt = args.prompt
     params.model = args.model
+    if args.webhook_events is not None and not args.webhook:
+        raise InputError("--webhook-events goes with --webhook URL")
+    if args.webhook:
+        request.webhook.CopyFrom(
+            webhook_service_pb2.JobWebhook(url=args.webhook, event_types=args.webhook_events or [])
+        )
     return request
 
 
@@ -124,4 +132,79 @@ def with_upload(request: job_service_pb2.CreateJobRequest, upload_id: str, mime_
 def list_request(args: argparse.Namespace) -> job_service_pb2.ListJobsRequest:
     return job_service_pb2.ListJobsRequest(
         page_size=args.page_size, page_token=args.page_token, kind=args.kind, status=args.status
+    )
+
+
+# --- webhooks and notifications ----------------------------------------------------------------
+
+
+def comma_list(text: str, choices: Sequence[str], what: str) -> list[str]:
+    """`a,b` -> ["a", "b"], each one of `choices` (an empty text: none). Raises ValueError naming
+    the bad value and the choices."""
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    for value in values:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not {what}; choose from {', '.join(choices)}")
+    return values
+
+
+def endpoint_kinds(names: Sequence[str]) -> list[job_pb2.MediaKind.ValueType]:
+    return [lifecycle.KINDS_BY_NAME[name] for name in names]
+
+
+def create_endpoint_request(
+    args: argparse.Namespace,
+) -> webhook_service_pb2.CreateWebhookEndpointRequest:
+    return webhook_service_pb2.CreateWebhookEndpointRequest(
+        url=args.url,
+        event_types=args.events or [],
+        kinds=endpoint_kinds(args.kinds or []),
+        description=args.description or "",
+    )
+
+
+def update_endpoint_request(
+    args: argparse.Namespace,
+) -> webhook_service_pb2.UpdateWebhookEndpointRequest:
+    """Sets, and names in update_mask, only what the flags give (`--kinds ''`: every kind)."""
+    request = webhook_service_pb2.UpdateWebhookEndpointRequest(endpoint_id=args.endpoint_id)
+    if args.url is not None:
+        request.url = args.url
+        request.update_mask.append("url")
+    if args.events is not None:
+        request.event_types.extend(args.events)
+        request.update_mask.append("event_types")
+    if args.kinds is not None:
+        request.kinds.extend(endpoint_kinds(args.kinds))
+        request.update_mask.append("kinds")
+    if args.description is not None:
+        request.description = args.description
+        request.update_mask.append("description")
+    if args.enabled is not None:
+        request.enabled = args.enabled
+        request.update_mask.append("enabled")
+    if not request.update_mask:
+        raise InputError(
+            "webhooks update: give at least one of --url, --events, --kinds, --description, "
+            "--enable, --disable"
+        )
+    return request
+
+
+def deliveries_request(
+    args: argparse.Namespace,
+) -> webhook_service_pb2.ListWebhookDeliveriesRequest:
+    return webhook_service_pb2.ListWebhookDeliveriesRequest(
+        endpoint_id=args.endpoint_id,
+        page_size=args.page_size,
+        page_token=args.page_token,
+        state=args.state,
+    )
+
+
+def mark_read_request(args: argparse.Namespace) -> notifications_pb2.MarkNotificationsReadRequest:
+    if bool(args.notification_ids) == bool(args.all):
+        raise InputError("notifications read: give notification IDs or --all (not both)")
+    return notifications_pb2.MarkNotificationsReadRequest(
+        notification_ids=args.notification_ids, all=args.all
     )

@@ -8,13 +8,19 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
 
 from media.v1 import job_service_pb2 as pb
-from media.v1 import job_service_pb2_grpc
+from media.v1 import (
+    job_service_pb2_grpc,
+    notifications_pb2,
+    notifications_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
+)
 from services.common.auth import bearer_metadata
 from services.common.config import SettingsError
 from services.common.errors import field_violations
@@ -32,14 +38,28 @@ from services.mediactl.tokens import FileToken, StaticToken, TokenError, TokenSo
 # UNAVAILABLE means the call never reached a handler or the connection broke, so a retry is safe
 # for reads, for CreateJob because its request_id makes a repeat return the first job, and for
 # CreateInputUpload (a repeat makes an upload that is never used, and swept).
-# CancelJob is left out: a lost response followed by a retry would report FAILED_PRECONDITION.
+# CancelJob is left out: a lost response followed by a retry would report FAILED_PRECONDITION;
+# so are the webhook calls that create, delete, rotate or redeliver (a repeat would do it twice or
+# report NOT_FOUND) and MarkNotificationsRead (a repeat would report 0 marked). An update sets
+# state, so a repeat is harmless.
+_RETRIED = {
+    "media.v1.JobService": ("CreateJob", "GetJob", "ListJobs", "CreateInputUpload"),
+    "media.v1.WebhookService": (
+        "ListWebhookEndpoints",
+        "GetWebhookEndpoint",
+        "UpdateWebhookEndpoint",
+        "ListWebhookDeliveries",
+    ),
+    "media.v1.NotificationService": ("ListNotifications",),
+}
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
                 "name": [
-                    {"service": "media.v1.JobService", "method": method}
-                    for method in ("CreateJob", "GetJob", "ListJobs", "CreateInputUpload")
+                    {"service": service, "method": method}
+                    for service, methods in _RETRIED.items()
+                    for method in methods
                 ],
                 "retryPolicy": {
                     "maxAttempts": 4,
@@ -58,21 +78,27 @@ class ConfigError(Exception):
     """A setting the command needs is missing (shown without a traceback)."""
 
 
-class JobService:
-    """job_service's calls, each with the command's token and deadline."""
+class _Calls:
+    """Calls on one channel, each with the command's token and deadline."""
 
     def __init__(
-        self,
-        stub: job_service_pb2_grpc.JobServiceStub,
-        metadata: tuple[tuple[str, str], ...],
-        timeout: float,
+        self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], timeout: float
     ) -> None:
-        self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
 
     def _call(self, method: Callable[..., object], request: Message) -> object:
         return method(request, metadata=self._metadata, timeout=self._timeout)
+
+
+class JobService(_Calls):
+    """job_service's JobService calls."""
+
+    def __init__(
+        self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], timeout: float
+    ) -> None:
+        super().__init__(channel, metadata, timeout)
+        self._stub = job_service_pb2_grpc.JobServiceStub(channel)
 
     def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
         return cast(pb.CreateJobResponse, self._call(self._stub.CreateJob, request))
@@ -91,6 +117,102 @@ class JobService:
     def cancel(self, job_id: str) -> pb.CancelJobResponse:
         request = pb.CancelJobRequest(job_id=job_id)
         return cast(pb.CancelJobResponse, self._call(self._stub.CancelJob, request))
+
+
+class WebhookService(_Calls):
+    """job_service's WebhookService calls."""
+
+    def __init__(
+        self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], timeout: float
+    ) -> None:
+        super().__init__(channel, metadata, timeout)
+        self._stub = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+
+    def create(
+        self, request: webhook_service_pb2.CreateWebhookEndpointRequest
+    ) -> webhook_service_pb2.CreateWebhookEndpointResponse:
+        return cast(
+            webhook_service_pb2.CreateWebhookEndpointResponse,
+            self._call(self._stub.CreateWebhookEndpoint, request),
+        )
+
+    def list(
+        self, request: webhook_service_pb2.ListWebhookEndpointsRequest
+    ) -> webhook_service_pb2.ListWebhookEndpointsResponse:
+        return cast(
+            webhook_service_pb2.ListWebhookEndpointsResponse,
+            self._call(self._stub.ListWebhookEndpoints, request),
+        )
+
+    def update(
+        self, request: webhook_service_pb2.UpdateWebhookEndpointRequest
+    ) -> webhook_service_pb2.UpdateWebhookEndpointResponse:
+        return cast(
+            webhook_service_pb2.UpdateWebhookEndpointResponse,
+            self._call(self._stub.UpdateWebhookEndpoint, request),
+        )
+
+    def delete(self, endpoint_id: str) -> webhook_service_pb2.DeleteWebhookEndpointResponse:
+        request = webhook_service_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id)
+        return cast(
+            webhook_service_pb2.DeleteWebhookEndpointResponse,
+            self._call(self._stub.DeleteWebhookEndpoint, request),
+        )
+
+    def rotate(self, endpoint_id: str) -> webhook_service_pb2.RotateWebhookSecretResponse:
+        request = webhook_service_pb2.RotateWebhookSecretRequest(endpoint_id=endpoint_id)
+        return cast(
+            webhook_service_pb2.RotateWebhookSecretResponse,
+            self._call(self._stub.RotateWebhookSecret, request),
+        )
+
+    def deliveries(
+        self, request: webhook_service_pb2.ListWebhookDeliveriesRequest
+    ) -> webhook_service_pb2.ListWebhookDeliveriesResponse:
+        return cast(
+            webhook_service_pb2.ListWebhookDeliveriesResponse,
+            self._call(self._stub.ListWebhookDeliveries, request),
+        )
+
+    def redeliver(
+        self, endpoint_id: str, delivery_id: str
+    ) -> webhook_service_pb2.RedeliverWebhookResponse:
+        request = webhook_service_pb2.RedeliverWebhookRequest(
+            endpoint_id=endpoint_id, delivery_id=delivery_id
+        )
+        return cast(
+            webhook_service_pb2.RedeliverWebhookResponse,
+            self._call(self._stub.RedeliverWebhook, request),
+        )
+
+
+class NotificationService(_Calls):
+    """job_service's NotificationService calls."""
+
+    def __init__(
+        self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], timeout: float
+    ) -> None:
+        super().__init__(channel, metadata, timeout)
+        self._stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+
+    def list(
+        self, request: notifications_pb2.ListNotificationsRequest
+    ) -> notifications_pb2.ListNotificationsResponse:
+        return cast(
+            notifications_pb2.ListNotificationsResponse,
+            self._call(self._stub.ListNotifications, request),
+        )
+
+    def mark_read(
+        self, request: notifications_pb2.MarkNotificationsReadRequest
+    ) -> notifications_pb2.MarkNotificationsReadResponse:
+        return cast(
+            notifications_pb2.MarkNotificationsReadResponse,
+            self._call(self._stub.MarkNotificationsRead, request),
+        )
+
+
+_Service = TypeVar("_Service", bound=_Calls)
 
 
 @dataclass(frozen=True)
@@ -179,12 +301,22 @@ class Connection:
             raise ConfigError(str(exc)) from None
 
     @contextlib.contextmanager
-    def job_service(self) -> Iterator[JobService]:
-        """job_service for the command's calls (the address and token are checked first)."""
+    def _on_job_service(self, service: type[_Service]) -> Iterator[_Service]:
+        """One of job_service's services for the command's calls (the address and token are
+        checked first)."""
         addr = self.require_job_service()
         metadata = self.metadata()
         with self.channel(addr) as channel:
-            yield JobService(job_service_pb2_grpc.JobServiceStub(channel), metadata, self.timeout)
+            yield service(channel, metadata, self.timeout)
+
+    def job_service(self) -> contextlib.AbstractContextManager[JobService]:
+        return self._on_job_service(JobService)
+
+    def webhooks(self) -> contextlib.AbstractContextManager[WebhookService]:
+        return self._on_job_service(WebhookService)
+
+    def notifications(self) -> contextlib.AbstractContextManager[NotificationService]:
+        return self._on_job_service(NotificationService)
 
 
 def describe_rpc_error(error: grpc.RpcError) -> list[str]:

@@ -78,6 +78,8 @@ def cmd_create(args: argparse.Namespace, conn: Connection) -> int:
             print(f"created job {job.id}  {state}")
         else:
             print(f"job {job.id} already exists for request id {job.request_id}  {state}")
+        if response.webhook_secret:
+            print("\n".join(render.secret_lines(response.webhook_secret, "webhook secret")))
     if not args.watch:
         return EXIT_OK
     return _follow(conn, job.id, as_json=args.json, output_dir=args.output_dir)

@@ -1,10 +1,12 @@
-"""mediactl: create, inspect, list, watch, download and cancel media jobs from a shell.
+"""mediactl: create, inspect, list, watch, download and cancel media jobs from a shell; manage
+webhook endpoints (and receive them locally) and read the notification inbox.
 
 `main(argv)` returns the exit code (the console script passes it to sys.exit):
 0 success (for a watch: the job SUCCEEDED), 1 the job FAILED, 2 the job was CANCELED,
 3 a gRPC error (or a watch that could not follow the job to its end), 4 a download that failed or
 did not match its sha256 (or a job with nothing to download), 64 bad usage or a missing setting,
-130 interrupted (`watch --all` runs until interrupted, so Ctrl-C ends it with 0).
+130 interrupted (`watch --all` and `webhooks listen` run until interrupted, so Ctrl-C ends them
+with 0).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
-from services.mediactl import build
+from services.common import lifecycle
+from services.mediactl import build, listen
 from services.mediactl.commands import (
     Handler,
     cmd_cancel,
@@ -19,7 +20,18 @@ from services.mediactl.commands import (
     cmd_watch,
 )
 from services.mediactl.exit_codes import EXIT_USAGE
-from services.mediactl.settings import SECRET_ENV
+from services.mediactl.notification_commands import cmd_notifications, cmd_notifications_read
+from services.mediactl.settings import SECRET_ENV, WEBHOOK_SECRET_ENV
+from services.mediactl.webhook_commands import (
+    cmd_webhooks_add,
+    cmd_webhooks_deliveries,
+    cmd_webhooks_list,
+    cmd_webhooks_listen,
+    cmd_webhooks_redeliver,
+    cmd_webhooks_rm,
+    cmd_webhooks_rotate,
+    cmd_webhooks_update,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -64,6 +76,42 @@ def _add_choices(
         metavar="|".join(choices),
         help=help_text,
     )
+
+
+def _comma_list(choices: tuple[str, ...], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: `a,b` -> ["a", "b"], each one of `choices`."""
+
+    def parse(text: str) -> list[str]:
+        try:
+            return build.comma_list(text, choices, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _add_webhook_filters(parser: argparse.ArgumentParser, *, update: bool = False) -> None:
+    """--events and --kinds: comma-separated, repeatable; left off: None (unchanged on update)."""
+    events_default = "leave as is" if update else ", ".join(lifecycle.FINISHED_EVENT_TYPES)
+    parser.add_argument(
+        "--events",
+        type=_comma_list(lifecycle.EVENT_TYPES, "an event type"),
+        action="extend",
+        default=None,
+        metavar="TYPE,...",
+        help=f"event types to send, of {', '.join(lifecycle.EVENT_TYPES)} "
+        f"(default: {events_default})",
+    )
+    parser.add_argument(
+        "--kinds",
+        type=_comma_list(lifecycle.KINDS, "a kind"),
+        action="extend",
+        default=None,
+        metavar="KIND,...",
+        help=f"only jobs of these kinds, of {', '.join(lifecycle.KINDS)} "
+        + ("('' for all; default: leave as is)" if update else "(default: all)"),
+    )
+    parser.add_argument("--description", default=None, help="a note of up to 500 characters")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
             default="",
             help="idempotency key; reuse it to retry without a second job (default: random)",
         )
+        p.add_argument(
+            "--webhook",
+            default="",
+            metavar="URL",
+            help="also POST this job's changes to URL, signed with a secret of its own (printed)",
+        )
+        p.add_argument(
+            "--webhook-events",
+            type=_comma_list(lifecycle.EVENT_TYPES, "an event type"),
+            action="extend",
+            default=None,
+            metavar="TYPE,...",
+            help="(--webhook) event types to send (default: "
+            f"{', '.join(lifecycle.FINISHED_EVENT_TYPES)})",
+        )
         p.add_argument("--watch", action="store_true", help="then watch the job to its end")
         output_dir_flag(p, "(--watch) once it SUCCEEDED, save its outputs into DIR")
         json_flag(p)
@@ -194,6 +257,100 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command(commands, "cancel", cmd_cancel, "cancel a queued or running job")
     cancel.add_argument("job_id", metavar="JOB_ID")
     json_flag(cancel)
+
+    webhooks = commands.add_parser(
+        "webhooks",
+        parents=[common],
+        help="manage the endpoints your jobs' changes are POSTed to, and receive them locally",
+        description="webhook endpoints: URLs that get every change of your jobs, signed",
+    )
+    hooks = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+
+    add = command(hooks, "add", cmd_webhooks_add, "register an endpoint (prints its secret once)")
+    add.add_argument("url", metavar="URL")
+    _add_webhook_filters(add)
+    json_flag(add)
+
+    list_hooks = command(hooks, "list", cmd_webhooks_list, "list your endpoints, newest first")
+    json_flag(list_hooks)
+
+    update = command(hooks, "update", cmd_webhooks_update, "change an endpoint")
+    update.add_argument("endpoint_id", metavar="ID")
+    update.add_argument("--url", default=None)
+    _add_webhook_filters(update, update=True)
+    enabled = update.add_mutually_exclusive_group()
+    enabled.add_argument(
+        "--enable", dest="enabled", action="store_const", const=True, default=None,
+        help="enable it (again, after it was disabled)",
+    )  # fmt: skip
+    enabled.add_argument(
+        "--disable", dest="enabled", action="store_const", const=False, help="send it nothing"
+    )
+    json_flag(update)
+
+    rm = command(hooks, "rm", cmd_webhooks_rm, "delete an endpoint and its delivery history")
+    rm.add_argument("endpoint_id", metavar="ID")
+
+    rotate = command(
+        hooks,
+        "rotate",
+        cmd_webhooks_rotate,
+        "a new signing secret (prints it once); the old one keeps signing for a while",
+    )
+    rotate.add_argument("endpoint_id", metavar="ID")
+    json_flag(rotate)
+
+    deliveries = command(
+        hooks, "deliveries", cmd_webhooks_deliveries, "an endpoint's deliveries and attempts"
+    )
+    deliveries.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+    _add_choice(deliveries, "--state", build.DELIVERY_STATES)
+    deliveries.add_argument("--page-size", type=int, default=0, help="1-100 (default 20)")
+    deliveries.add_argument("--page-token", default="", help="from the previous page")
+    json_flag(deliveries)
+
+    redeliver = command(hooks, "redeliver", cmd_webhooks_redeliver, "send a delivery again now")
+    redeliver.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+    redeliver.add_argument("delivery_id", metavar="DELIVERY_ID")
+    json_flag(redeliver)
+
+    listen_ = command(
+        hooks,
+        "listen",
+        cmd_webhooks_listen,
+        "receive webhooks on a local port: check each signature, print one line per event "
+        "(until Ctrl-C)",
+    )
+    listen_.add_argument(
+        "--port", type=int, required=True, help="the port to listen on (0: any free one)"
+    )
+    listen_.add_argument("--host", default=listen.DEFAULT_HOST, help="(default %(default)s)")
+    listen_.add_argument(
+        "--secret",
+        default=None,
+        metavar="whsec_...",
+        help=f"the endpoint's signing secret (env {WEBHOOK_SECRET_ENV}, which keeps it out of "
+        "`ps` and the shell's history)",
+    )
+    listen_.add_argument("--json", action="store_true", help="print each event as one JSON line")
+
+    notifications = command(
+        commands,
+        "notifications",
+        cmd_notifications,
+        "your notifications (one per finished job), newest first; `read` marks them read",
+    )
+    notifications.add_argument("--unread", action="store_true", help="only unread ones")
+    notifications.add_argument("--page-size", type=int, default=0, help="1-100 (default 20)")
+    notifications.add_argument("--page-token", default="", help="from the previous page")
+    json_flag(notifications)
+    inbox = notifications.add_subparsers(
+        dest="notifications_command", metavar="[read]", parser_class=_Parser
+    )
+    read = command(inbox, "read", cmd_notifications_read, "mark notifications read")
+    read.add_argument("notification_ids", metavar="ID", nargs="*")
+    read.add_argument("--all", action="store_true", help="every notification")
+    json_flag(read)
 
     token = command(commands, "token", cmd_token, "mint a bearer token for local use")
     token.add_argument(

@@ -17,8 +17,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from media.v1 import job_pb2
-from services.common.lifecycle import FAILED, kind_name, status_name
+from media.v1 import job_pb2, notifications_pb2, webhook_service_pb2
+from services.common.lifecycle import FAILED, FINISHED_EVENT_TYPES, kind_name, status_name
 
 BAR_WIDTH = 10
 
@@ -84,12 +84,17 @@ def human_bytes(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def utc_time(value: Timestamp) -> str:
+    """`2025-01-31 12:00:00Z`"""
+    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
 def timestamp(message: Message, field: str) -> str:
     """A Timestamp field as `2025-01-31 12:00:00Z`, or "" when it is not set."""
     if not message.HasField(field):
         return ""
     value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    return utc_time(value)
 
 
 def prompt_of(job: job_pb2.Job) -> str:
@@ -171,15 +176,29 @@ def feed_line(job: job_pb2.Job) -> str:
     return line
 
 
+def clip(text: str, width: int) -> str:
+    text = one_line(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned columns (the last one left ragged)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
+        ).rstrip()
+        for row in rows
+    )
+
+
 def render_table(jobs: list[job_pb2.Job], *, prompt_width: int = 40) -> str:
     if not jobs:
         return "no jobs"
-    header = ("ID", "KIND", "STATUS", "PROGRESS", "CREATED", "OUTPUTS", "PROMPT")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "KIND", "STATUS", "PROGRESS", "CREATED", "OUTPUTS", "PROMPT")
+    ]
     for job in jobs:
-        prompt = one_line(prompt_of(job))
-        if len(prompt) > prompt_width:
-            prompt = prompt[: prompt_width - 1] + "…"
         rows.append(
             (
                 job.id,
@@ -188,16 +207,127 @@ def render_table(jobs: list[job_pb2.Job], *, prompt_width: int = 40) -> str:
                 f"{job.progress}%",
                 timestamp(job, "create_time"),
                 str(len(job.outputs)),
-                prompt,
+                clip(prompt_of(job), prompt_width),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(
-            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
-        ).rstrip()
-        for row in rows
-    )
+    return columns(rows)
+
+
+# --- webhooks and notifications ----------------------------------------------------------------
+
+
+def endpoint_events(endpoint: webhook_service_pb2.WebhookEndpoint) -> str:
+    return ",".join(endpoint.event_types or FINISHED_EVENT_TYPES)
+
+
+def endpoint_kinds(endpoint: webhook_service_pb2.WebhookEndpoint) -> str:
+    return ",".join(kind_name(kind) for kind in endpoint.kinds) or "all"
+
+
+def render_endpoint(endpoint: webhook_service_pb2.WebhookEndpoint) -> str:
+    rows = [
+        ("endpoint", endpoint.id),
+        ("url", endpoint.url),
+        ("events", endpoint_events(endpoint)),
+        ("kinds", endpoint_kinds(endpoint)),
+    ]
+    if endpoint.description:
+        rows.append(("note", one_line(endpoint.description)))
+    if endpoint.job_id:
+        rows.append(("job", endpoint.job_id))
+    if endpoint.enabled:
+        rows.append(("enabled", "yes"))
+    else:
+        since = timestamp(endpoint, "disable_time")
+        reason = one_line(endpoint.disabled_reason) or "disabled"
+        rows.append(("enabled", f"no ({reason}{', since ' + since if since else ''})"))
+    if created := timestamp(endpoint, "create_time"):
+        rows.append(("created", created))
+    if old_until := timestamp(endpoint, "previous_secret_expire_time"):
+        rows.append(("old secret", f"still signs until {old_until}"))
+    return "\n".join(f"{label + ':':<11} {value}" for label, value in rows)
+
+
+def secret_lines(secret: str, label: str = "secret") -> list[str]:
+    return [
+        f"{label + ':':<11} {secret}",
+        "the secret is shown only now: keep it where your receiver can read it",
+    ]
+
+
+def render_endpoints(endpoints: list[webhook_service_pb2.WebhookEndpoint]) -> str:
+    if not endpoints:
+        return "no webhook endpoints"
+    rows: list[tuple[str, ...]] = [("ID", "STATE", "EVENTS", "KINDS", "URL", "NOTE")]
+    for endpoint in endpoints:
+        rows.append(
+            (
+                endpoint.id,
+                "enabled" if endpoint.enabled else "disabled",
+                endpoint_events(endpoint),
+                endpoint_kinds(endpoint),
+                endpoint.url,
+                clip(endpoint.disabled_reason or endpoint.description, 40)
+                if not endpoint.enabled or endpoint.description
+                else "",
+            )
+        )
+    return columns(rows)
+
+
+def delivery_state_name(state: webhook_service_pb2.DeliveryState.ValueType) -> str:
+    return webhook_service_pb2.DeliveryState.Name(state).removeprefix("DELIVERY_STATE_")
+
+
+def render_attempt(attempt: webhook_service_pb2.WebhookAttempt) -> str:
+    """`#2  2025-01-31 12:00:05Z  500  120 ms  <error or the response's start>  (manual)`"""
+    answer = str(attempt.status_code) if attempt.status_code else "---"
+    latency = round(attempt.latency.ToTimedelta().total_seconds() * 1000)
+    line = f"#{attempt.number}  {timestamp(attempt, 'start_time')}  {answer}  {latency} ms"
+    if detail := clip(attempt.error or attempt.response_head, 80):
+        line += f"  {detail}"
+    if attempt.manual:
+        line += "  (manual)"
+    return line
+
+
+def render_delivery(delivery: webhook_service_pb2.WebhookDelivery) -> str:
+    lines = [
+        f"{delivery.id}  {delivery.event_type}  job {delivery.job_id} v{delivery.job_version}  "
+        f"{delivery_state_name(delivery.state)}  created {timestamp(delivery, 'create_time')}"
+    ]
+    lines += [f"  {render_attempt(attempt)}" for attempt in delivery.attempts]
+    if not delivery.attempts:
+        lines.append("  no attempt yet")
+    if next_at := timestamp(delivery, "next_attempt_time"):
+        lines.append(f"  next attempt {next_at}")
+    return "\n".join(lines)
+
+
+def render_deliveries(deliveries: list[webhook_service_pb2.WebhookDelivery]) -> str:
+    return "\n".join(render_delivery(d) for d in deliveries) if deliveries else "no deliveries"
+
+
+def render_notifications(
+    notifications: list[notifications_pb2.Notification], unread_count: int
+) -> str:
+    """Newest first as given; `*` marks the unread ones; the unread count last."""
+    lines = []
+    if notifications:
+        rows: list[tuple[str, ...]] = [("", "ID", "CREATED", "JOB", "TITLE")]
+        for note in notifications:
+            title = one_line(note.title)
+            if note.message:
+                title += f": {one_line(note.message)}"
+            rows.append(
+                ("" if note.read else "*", note.id, timestamp(note, "create_time"), note.job_id,
+                 title)
+            )  # fmt: skip
+        lines.append(columns(rows))
+    else:
+        lines.append("no notifications")
+    lines.append(f"{unread_count} unread")
+    return "\n".join(lines)
 
 
 class WatchDisplay:
@@ -236,3 +366,20 @@ class WatchDisplay:
             self._out.write("\n")
             self._out.flush()
             self._open_line = False
+
+
+def webhook_event_lines(
+    when: str, event_type: str, webhook_id: str, job: job_pb2.Job | None
+) -> list[str]:
+    """One received webhook (`webhooks listen`):
+    `2025-01-31 12:00:00Z  job.succeeded  <job id>  SUCCEEDED  v4  [<webhook-id>]`, then the
+    URL of each output of a finished job."""
+    if job is None:
+        return [f"{when}  {event_type}  (its data is not a job)  [{webhook_id}]"]
+    line = f"{when}  {event_type:<13}  {job.id}  {status_name(job.status):<9}  v{job.version}"
+    if job.status == FAILED:
+        line += f"  ({one_line(job_error(job))})"
+    lines = [f"{line}  [{webhook_id}]"]
+    for output in sorted(job.outputs, key=lambda o: o.index):
+        lines.append(f"  #{output.index}  {output.url or f's3://{output.bucket}/{output.key}'}")
+    return lines

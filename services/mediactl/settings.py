@@ -11,6 +11,7 @@ NOTIFIER_ENV = "NOTIFIER_ADDR"
 TOKEN_ENV = "MEDIA_TOKEN"
 TOKEN_FILE_ENV = "MEDIA_TOKEN_FILE"  # read again when a stream's token expires
 SECRET_ENV = "AUTH_JWT_SECRET"  # where `mediactl token` finds the signing secret by default
+WEBHOOK_SECRET_ENV = "MEDIACTL_WEBHOOK_SECRET"  # `webhooks listen` checks signatures with it
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,8 @@ def signing_secret(variable: str) -> str:
     """The value of the variable `mediactl token --secret-env` names: the secret is read from the
     environment, never from argv, so it stays out of `ps` and the shell's history."""
     return env_str(variable)
+
+
+def webhook_secret() -> str:
+    """The secret `webhooks listen` uses when --secret is left off."""
+    return env_str(WEBHOOK_SECRET_ENV)

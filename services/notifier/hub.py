@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
-from media.v1 import events_pb2, job_pb2
+from media.v1 import events_pb2, job_pb2, notifications_pb2
 from services.common import lifecycle, logs, tracing
 from services.common.jetstream import ALL_EVENTS, EVENTS_STREAM, job_id_of_event
 
@@ -46,13 +46,25 @@ class Signal(enum.Enum):
 
 
 class Change:
-    """One event: its stream sequence and the job after the change."""
+    """One event: its stream sequence, the job after the change and, when the change finished
+    the job, the notification it left the owner. Shared by every stream it is offered to."""
 
-    __slots__ = ("job", "seq")
+    __slots__ = ("job", "notification", "seq")
 
-    def __init__(self, seq: int, job: job_pb2.Job) -> None:
+    def __init__(
+        self,
+        seq: int,
+        job: job_pb2.Job,
+        notification: notifications_pb2.Notification | None = None,
+    ) -> None:
         self.seq = seq
         self.job = job
+        self.notification = notification
+
+    @classmethod
+    def of_event(cls, seq: int, event: events_pb2.JobEvent) -> Change:
+        notification = event.notification if event.HasField("notification") else None
+        return cls(seq, event.job, notification)
 
 
 Accept = Callable[[job_pb2.Job], bool]
@@ -278,7 +290,7 @@ class EventHub:
         by_owner = self._by_owner.get(event.owner) if event.owner else None
         if not by_job and not by_owner:
             return
-        change = Change(seq, event.job)
+        change = Change.of_event(seq, event)
         # The event continues the trace of the change that caused it (its outbox row's context).
         with (
             logs.job_context(job_id),

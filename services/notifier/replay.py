@@ -88,7 +88,7 @@ class Replayer:
             except DecodeError:
                 event.Clear()
             if event.job.id and event.job.id == job_id_of_event(raw.subject or ""):
-                return Change(seq, event.job)
+                return Change.of_event(seq, event)
             log.warning("unreadable job event skipped", extra={"sequence": seq})
             after = seq
 

@@ -1,6 +1,7 @@
 """What a WatchJobs stream (a feed) sends, once the servicer has let it in and registered it
 with the hub by owner: the caller's unfinished jobs (a snapshot), then every change to any of
-their jobs.
+their jobs; a change that finished a job carries the notification it left in the caller's
+inbox.
 
 A feed resumed with a cursor gets exactly the changes it missed, from the event stream itself
 (replay.py), and then live ones; a feed that lags behind ends with UNAVAILABLE, to resume from
@@ -151,4 +152,8 @@ async def _settle(
 
 async def _message(streams: Streams, change: Change) -> notifier_service_pb2.WatchJobsResponse:
     job = await streams.final(change.job) if is_terminal(change.job) else change.job
-    return notifier_service_pb2.WatchJobsResponse(job=job, cursor=streams.cursor(change.seq))
+    response = notifier_service_pb2.WatchJobsResponse(job=job, cursor=streams.cursor(change.seq))
+    if change.notification is not None:
+        response.notification.CopyFrom(change.notification)
+        response.notification.read = False  # it has just been left in the inbox
+    return response

@@ -1,11 +1,13 @@
 """A small evaluator of Kubernetes NetworkPolicy semantics, enough to ask "may A reach B on port
 P?" of the rendered policies: policies are additive, a pod that no policy selects for a direction
 is open in that direction, and a connection needs both the source's egress and the destination's
-ingress to allow it. Named ports and ipBlock exceptions are not needed by these manifests and are
-not modelled: a peer with an ipBlock matches only endpoints outside the cluster."""
+ingress to allow it. A peer with an ipBlock matches addresses outside the cluster that are in its
+CIDR and in none of its exceptions (never a pod: where a CNI applies ipBlocks to pod addresses
+varies, and the manifests do not rely on it). Named ports are not modelled."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from tests.deploy.kube import Obj, selector_matches
@@ -19,6 +21,7 @@ class Endpoint:
     labels: dict[str, str] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
     external: bool = False
+    address: str = ""  # external endpoints only
 
     def ns_labels(self) -> dict[str, str]:
         return {"kubernetes.io/metadata.name": self.namespace, **self.namespace_labels}
@@ -28,7 +31,12 @@ def pod(namespace: str, **labels: str) -> Endpoint:
     return Endpoint(namespace=namespace, labels=dict(labels))
 
 
-EXTERNAL = Endpoint(external=True)
+def outside(address: str) -> Endpoint:
+    """An address outside the cluster."""
+    return Endpoint(external=True, address=str(ipaddress.ip_address(address)))
+
+
+EXTERNAL = outside("93.184.215.14")  # a public address on the internet
 
 
 def _selects(policy: Obj, target: Endpoint, direction: str) -> bool:
@@ -41,7 +49,7 @@ def _selects(policy: Obj, target: Endpoint, direction: str) -> bool:
 
 def _peer_matches(peer: Obj, other: Endpoint, policy_namespace: str) -> bool:
     if "ipBlock" in peer:
-        return other.external
+        return other.external and _in_block(peer["ipBlock"], other.address)
     if other.external:
         return False
     ns_selector = peer.get("namespaceSelector")
@@ -53,6 +61,13 @@ def _peer_matches(peer: Obj, other: Endpoint, policy_namespace: str) -> bool:
     if not in_namespace:
         return False
     return pod_selector is None or selector_matches(pod_selector, other.labels)
+
+
+def _in_block(block: Obj, address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if ip not in ipaddress.ip_network(block["cidr"]):  # False across address families
+        return False
+    return not any(ip in ipaddress.ip_network(cidr) for cidr in block.get("except") or [])
 
 
 def _port_matches(rule: Obj, port: int, protocol: str) -> bool:

@@ -1,6 +1,6 @@
 """deploy/k8s/overlays/dev/secrets.sh, in its DRY_RUN mode: it makes every Secret the dev overlay
-refers to, with fresh values that fit together (the worker token verifies with the stored signing
-secret, the database URL carries the Postgres password)."""
+refers to, with fresh values that fit together (the worker's and the webhook sender's tokens verify
+with the stored signing secret, the database URL carries the Postgres password)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from services.common.auth import TokenVerifier
+from services.common.auth import WEBHOOKS_ROLE, TokenVerifier
 from services.common.config import AuthSettings
 from tests.deploy.kube import K8S, containers, env_of, kubectl, render, workloads
 
@@ -56,6 +56,7 @@ def test_secret_values_fit_together_and_are_fresh() -> None:
         AuthSettings(jwt_secret=first["media-auth"]["AUTH_JWT_SECRET"], audience="media", issuer="")
     )
     assert verifier.verify(first["media-worker"]["WORKER_TOKEN"]).is_worker
+    assert verifier.verify(first["media-webhooks"]["WEBHOOKS_TOKEN"]).roles == {WEBHOOKS_ROLE}
     url = urlsplit(first["media-db"]["DATABASE_URL"])
     assert url.password == first["media-postgres"]["POSTGRES_PASSWORD"]
     assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/media")

@@ -22,7 +22,12 @@ BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|clang|cc|make|cmake|build-essential|python3?-dev|libpq-dev|"
     r"[a-z0-9+.-]+-dev|autoconf|automake|pkg-config|git|rustc|cargo)\b"
 )
-ENTRYPOINTS = ("services.job_service", "services.notifier", "services.media_worker")
+ENTRYPOINTS = (
+    "services.job_service",
+    "services.notifier",
+    "services.media_worker",
+    "services.webhooks",
+)
 SHIPPED = ("pyproject.toml", "README.md", "gen", "services")
 DEV_ONLY = ("devstack", "tests", "bench")
 

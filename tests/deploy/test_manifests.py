@@ -18,6 +18,8 @@ import yaml
 from referencing import Registry, Resource
 
 from services.common import jetstream
+from services.common.webhook_urls import UrlPolicy
+from services.webhooks.settings import WebhookSettings
 from tests.deploy import netpol
 from tests.deploy.kube import (
     K8S,
@@ -40,15 +42,26 @@ KEDA_OVERLAYS = ("dev-keda", "prod")
 # that kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.utils.latest_version())
 APP_IMAGE = "media-pipeline"
-APP_DEPLOYMENTS = ("job-service", "notifier", "media-worker-image", "media-worker-video")
-GRPC_PORTS = {"job-service": 50051, "notifier": 50052, "media-worker": 50053}
-WORKER_SERVICE_PORT = 50054  # job_service's WorkerService, a listener of its own
+SENDER = "webhooks"  # the webhook sender: a fixed number of replicas, the only internet egress
+APP_DEPLOYMENTS = ("job-service", "notifier", "media-worker-image", "media-worker-video", SENDER)
+AUTOSCALED = tuple(name for name in APP_DEPLOYMENTS if name != SENDER)
+GRPC_PORTS = {"job-service": 50051, "notifier": 50052, "media-worker": 50053, "webhooks": 50055}
+WORKER_SERVICE_PORT = 50054  # job_service's internal listener: WorkerService, JobReaderService
 METRICS_PORT = 9100
 HEALTH_PORT = 8086
 SCHEMAS = Path(__file__).parent / "schemas"
-SECRET_NAMES = {"media-db", "media-auth", "media-s3", "media-worker", "media-google"}
+SECRET_NAMES = {
+    "media-db",
+    "media-auth",
+    "media-s3",
+    "media-worker",
+    "media-google",
+    "media-webhooks",
+}
 DEV_SECRET_NAMES = SECRET_NAMES | {"media-postgres"}
-SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE|DATABASE_URL", re.I)
+SECRETISH = re.compile(
+    r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE(?!_NETWORKS)|DATABASE_URL", re.I
+)
 
 
 def is_app(container: Obj) -> bool:
@@ -340,8 +353,10 @@ def test_hpas_scale_job_service_and_notifier(overlay: str) -> None:
 def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(overlay: str) -> None:
     # A replicas field would be reset by every `kubectl apply`, fighting the HPA or KEDA.
     objs = render(overlay)
-    for name in APP_DEPLOYMENTS:
+    for name in AUTOSCALED:
         assert "replicas" not in by_name(objs, "Deployment", name)["spec"], name
+    # The sender has no autoscaler: two replicas, so that one takes over the other's deliveries.
+    assert by_name(objs, "Deployment", SENDER)["spec"]["replicas"] == 2
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -470,6 +485,57 @@ def test_workers_call_the_worker_listener(overlay: str) -> None:
         assert env_of(c, objs)["JOB_SERVICE_ADDR"] == f"job-service:{WORKER_SERVICE_PORT}", name
 
 
+def secret_refs(container: Obj) -> dict[str, Obj]:
+    return {
+        var["name"]: var["valueFrom"]["secretKeyRef"]
+        for var in container.get("env", [])
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_sender_reads_jobs_and_shares_the_url_policy(overlay: str) -> None:
+    """The sender reads jobs on job_service's internal listener with a credential of its own,
+    keeps deliveries in job_service's database, and checks every address with the same closed
+    policy job_service applies at registration."""
+    objs = render(overlay)
+    (sender,) = by_name(objs, "Deployment", SENDER)["spec"]["template"]["spec"]["containers"]
+    (js,) = by_name(objs, "Deployment", "job-service")["spec"]["template"]["spec"]["containers"]
+    env, js_env = env_of(sender, objs), env_of(js, objs)
+    assert sender["command"] == ["python", "-m", "services.webhooks"]
+    assert env["JOB_SERVICE_ADDR"] == f"job-service:{WORKER_SERVICE_PORT}"
+    refs = secret_refs(sender)
+    assert refs["WEBHOOKS_TOKEN"] == {"name": "media-webhooks", "key": "WEBHOOKS_TOKEN"}
+    assert refs["DATABASE_URL"] == secret_refs(js)["DATABASE_URL"]
+    assert env["NATS_URL"] == js_env["NATS_URL"]
+    for name in ("WEBHOOK_ALLOW_HTTP", "WEBHOOK_ALLOW_PRIVATE_NETWORKS"):
+        assert env[name] == js_env[name] == "false", f"{overlay}: {name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_sender_starts_with_the_designed_settings(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's environment, as the cluster would give it, loads through its settings into
+    the retry schedule and limits the README describes."""
+    objs = render(overlay)
+    (sender,) = by_name(objs, "Deployment", SENDER)["spec"]["template"]["spec"]["containers"]
+    env = env_of(sender, objs)
+    for name, value in env.items():
+        monkeypatch.setenv(name, "from-a-secret" if value is None else value)
+    settings = WebhookSettings.from_env()
+    assert settings.url_policy == UrlPolicy(allow_http=False, allow_private=False)
+    assert settings.retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert settings.retry_jitter == 0.1
+    assert settings.timeout_seconds == 15
+    assert settings.disable_after_seconds == 5 * 86400
+    assert (settings.max_in_flight, settings.max_in_flight_per_endpoint) == (64, 4)
+    assert settings.response_max_bytes == 1024
+    assert settings.poll_seconds == 1.0
+    # An attempt in flight at SIGTERM ends before the grace does.
+    assert settings.timeout_seconds < float(env["SHUTDOWN_GRACE_SECONDS"] or 0)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_maps_set_no_empty_values(overlay: str) -> None:
     # The services read an empty variable as set-to-empty, not as unset: an empty
@@ -534,6 +600,7 @@ def endpoints(namespace: str) -> dict[str, netpol.Endpoint]:
         "notifier": netpol.Endpoint(namespace, {c: "notifier"}),
         "worker": netpol.Endpoint(namespace, {c: "worker", "media-pipeline/pool": "video"}),
         "migrate": netpol.Endpoint(namespace, {c: "migrate"}),
+        "webhooks": netpol.Endpoint(namespace, {c: "webhooks"}),
         "client": netpol.Endpoint(namespace, {"media-pipeline/client": "true"}),
         "stranger": netpol.Endpoint(namespace, {"app": "something-else"}),
         "ingress-controller": netpol.Endpoint(
@@ -546,6 +613,7 @@ def endpoints(namespace: str) -> dict[str, netpol.Endpoint]:
         "postgres": netpol.Endpoint(namespace, {c: "postgres"}),
         "s3": netpol.Endpoint(namespace, {c: "s3"}),
         "outside": netpol.EXTERNAL,
+        "outside-v6": netpol.outside("2606:4700:4700::1111"),
     }
 
 
@@ -558,9 +626,14 @@ PATHS = [
     ("notifier", "job-service", 50051),
     ("worker", "job-service", WORKER_SERVICE_PORT),
     ("worker", "outside", 443),  # Google APIs, S3
+    ("webhooks", "job-service", WORKER_SERVICE_PORT),  # JobReaderService
+    ("webhooks", "outside", 443),  # webhook endpoints, on any port, IPv4 and IPv6
+    ("webhooks", "outside", 8443),
+    ("webhooks", "outside-v6", 443),
     ("prometheus", "job-service", 9100),
     ("prometheus", "notifier", 9100),
     ("prometheus", "worker", 9100),
+    ("prometheus", "webhooks", 9100),
 ]
 # ...where Postgres, NATS and S3 are external (prod)...
 EXTERNAL_PATHS = [
@@ -570,6 +643,8 @@ EXTERNAL_PATHS = [
     ("notifier", "outside", 4222),
     ("worker", "outside", 4222),
     ("migrate", "outside", 5432),
+    ("webhooks", "outside", 5432),
+    ("webhooks", "outside", 4222),
 ]
 # ...where they are pods beside the services (dev)...
 DEV_PATHS = [
@@ -581,6 +656,8 @@ DEV_PATHS = [
     ("job-service", "s3", 5000),
     ("worker", "s3", 5000),
     ("keda", "nats", 8222),
+    ("webhooks", "postgres", 5432),
+    ("webhooks", "nats", 4222),
 ]
 # ...and paths nobody needs, which must stay closed.
 FORBIDDEN = [
@@ -601,6 +678,13 @@ FORBIDDEN = [
     ("prometheus", "job-service", WORKER_SERVICE_PORT),
     ("migrate", "job-service", WORKER_SERVICE_PORT),
     ("worker", "job-service", 50051),
+    # The sender takes no calls and needs only the internal port.
+    ("client", "webhooks", 50055),
+    ("stranger", "webhooks", 50055),
+    ("job-service", "webhooks", 50055),
+    ("webhooks", "job-service", 50051),
+    ("webhooks", "notifier", 50052),
+    ("webhooks", "worker", 50053),
 ]
 DEV_FORBIDDEN = [
     ("worker", "postgres", 5432),
@@ -610,6 +694,7 @@ DEV_FORBIDDEN = [
     ("client", "postgres", 5432),
     ("client", "s3", 5000),
     ("prometheus", "nats", 4222),
+    ("webhooks", "s3", 5000),
 ]
 
 
@@ -630,9 +715,85 @@ def test_network_policies_open_exactly_the_design_paths(overlay: str) -> None:
         for src, dst, port in want_closed
         if netpol.allowed(policies, points[src], points[dst], port)
     ]
-    for name in ("job-service", "notifier", "worker", "migrate", "client"):
+    for name in ("job-service", "notifier", "worker", "migrate", "client", "webhooks"):
         if not netpol.allowed(policies, points[name], netpol.EXTERNAL, 53, "UDP"):
             wrong.append(f"{name} cannot resolve names")
+    assert not wrong, "\n".join(wrong)
+
+
+# Addresses a webhook URL could resolve to that the sender must never reach, and public neighbours
+# of each range's edges, which it must reach (so that an except list that is too wide fails too).
+UNREACHABLE = [
+    "0.0.0.0",
+    "10.0.0.1",
+    "10.255.255.254",
+    "100.64.0.1",
+    "100.127.255.254",
+    "127.0.0.1",
+    "169.254.169.254",  # the cloud metadata service
+    "169.254.0.1",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.0.1",
+    "192.168.255.254",
+    "224.0.0.1",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "fc00::1",
+    "fd00:ec2::254",  # AWS's IPv6 metadata service
+    "fe80::1",
+    "ff02::1",
+]
+REACHABLE = [
+    "9.255.255.254",
+    "11.0.0.1",
+    "100.63.255.254",
+    "100.128.0.1",
+    "126.255.255.254",
+    "128.0.0.1",
+    "169.253.255.254",
+    "169.255.0.1",
+    "172.15.255.254",
+    "172.32.0.1",
+    "192.167.255.254",
+    "192.169.0.1",
+    "223.255.255.254",
+    "2001:4860:4860::8888",
+    "2600::1",
+]
+WEBHOOK_PORTS = (80, 443, 8443)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_webhook_sender_reaches_the_internet(overlay: str) -> None:
+    """The sender reaches public addresses on any port and no private, loopback, link-local
+    (metadata), shared, multicast or reserved one; no other component gains internet egress."""
+    policies = of_kind(render(overlay), "NetworkPolicy")
+    points = endpoints(NAMESPACES[overlay])
+    sender = points["webhooks"]
+    wrong = [
+        f"webhooks -> {address}:{port} should be open"
+        for address in REACHABLE
+        for port in WEBHOOK_PORTS
+        if not netpol.allowed(policies, sender, netpol.outside(address), port)
+    ] + [
+        f"webhooks -> {address}:{port} should be closed"
+        for address in UNREACHABLE
+        for port in WEBHOOK_PORTS
+        if netpol.allowed(policies, sender, netpol.outside(address), port)
+    ]
+    # TCP only: no UDP but DNS's, which every pod has.
+    if netpol.allowed(policies, sender, netpol.EXTERNAL, 443, "UDP"):
+        wrong.append("webhooks -> outside:443/UDP should be closed")
+    # job_service and the workers reach HTTPS (S3, Google's APIs); nobody but the sender more.
+    for name in ("job-service", "notifier", "worker", "migrate", "client", "stranger"):
+        for port in (80, 8443):
+            for address in ("93.184.215.14", "2606:4700:4700::1111", "169.254.169.254"):
+                if netpol.allowed(policies, points[name], netpol.outside(address), port):
+                    wrong.append(f"{name} -> {address}:{port} should be closed")
     assert not wrong, "\n".join(wrong)
 
 

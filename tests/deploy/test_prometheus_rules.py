@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from services.webhooks import metrics as webhook_metrics
 from tests.deploy.kube import REPO
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
@@ -86,15 +88,41 @@ def test_metric_name_extraction_understands_promql() -> None:
     assert label_names(expr) == {"kind", "status"}
 
 
+# Each exporter's names start with its prefix.
+PREFIXES = {
+    "job_service": "media_",
+    "notifier": "media_",
+    "media_worker": "media_",
+    "webhooks": "webhook_",
+}
+
+
 def test_catalog_is_well_formed() -> None:
     for name, spec in catalog().items():
-        assert re.fullmatch(r"media_[a-z0-9_]+", name), name
+        assert re.fullmatch(r"[a-z][a-z0-9_]+", name), name
         assert spec["type"] in ("counter", "gauge", "histogram"), name
         assert name.endswith("_total") == (spec["type"] == "counter"), name
         if spec["type"] == "histogram":
             assert name.endswith("_seconds") or name.endswith("_bytes"), name
         assert spec["help"].strip() and spec["exported_by"], name
-        assert set(spec["exported_by"]) <= {"job_service", "notifier", "media_worker"}, name
+        assert set(spec["exported_by"]) <= set(PREFIXES), name
+        for exporter in spec["exported_by"]:
+            assert name.startswith(PREFIXES[exporter]), f"{name} ({exporter})"
+
+
+def test_webhook_sender_exports_what_the_catalog_says() -> None:
+    exported = {}
+    for value in vars(webhook_metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            (family,) = value.describe()
+            name = family.name + ("_total" if family.type == "counter" else "")
+            exported[name] = {"type": family.type, "labels": list(value._labelnames)}
+    catalogued = {
+        name: {"type": spec["type"], "labels": spec["labels"]}
+        for name, spec in catalog().items()
+        if "webhooks" in spec["exported_by"]
+    }
+    assert exported == catalogued
 
 
 def test_rules_read_only_catalogued_metrics_and_labels() -> None:

@@ -25,7 +25,9 @@ from devstack.services import health_serving
 from media.v1 import (
     job_pb2,
     job_service_pb2,
+    notifications_pb2,
     notifier_service_pb2,
+    webhook_service_pb2,
     worker_service_pb2,
 )
 from services.common.config import DEFAULT_MAX_MESSAGE_BYTES
@@ -76,6 +78,33 @@ METHODS = [
     ("/media.v1.WorkerService/CompleteJob", worker_service_pb2.CompleteJobRequest, "worker", False),
     ("/media.v1.NotifierService/WatchJob", notifier_service_pb2.WatchJobRequest, "user", True),
     ("/media.v1.NotifierService/WatchJobs", notifier_service_pb2.WatchJobsRequest, "user", True),
+    *(
+        (
+            f"/media.v1.WebhookService/{name}",
+            getattr(webhook_service_pb2, f"{name}Request"),
+            "user",
+            False,
+        )
+        for name in (
+            "CreateWebhookEndpoint",
+            "ListWebhookEndpoints",
+            "GetWebhookEndpoint",
+            "UpdateWebhookEndpoint",
+            "DeleteWebhookEndpoint",
+            "RotateWebhookSecret",
+            "ListWebhookDeliveries",
+            "RedeliverWebhook",
+        )
+    ),
+    *(
+        (
+            f"/media.v1.NotificationService/{name}",
+            getattr(notifications_pb2, f"{name}Request"),
+            "user",
+            False,
+        )
+        for name in ("ListNotifications", "MarkNotificationsRead")
+    ),
 ]
 FUZZ_USER = "fuzz-user"
 UNKNOWN_JOB = "01a209ac-9f4e-7224-8e25-1337f2bc5bcc"

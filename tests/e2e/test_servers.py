@@ -24,11 +24,15 @@ STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 
 
 async def test_health_and_reflection_on_every_server(stack) -> None:
-    # job_service serves two listeners: the public one (clients) and the internal one (workers;
-    # the notifier's reads).
+    # job_service serves two listeners: the public one (clients: jobs, webhook endpoints, the
+    # inbox) and the internal one (workers; the notifier's reads).
     assert stack.worker_service_addr != stack.job_service_addr
     expected = {
-        stack.job_service_addr: {"media.v1.JobService"},
+        stack.job_service_addr: {
+            "media.v1.JobService",
+            "media.v1.WebhookService",
+            "media.v1.NotificationService",
+        },
         stack.worker_service_addr: {"media.v1.WorkerService", "media.v1.JobReaderService"},
         stack.notifier_addr: {"media.v1.NotifierService"},
     }

@@ -87,10 +87,18 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "INPUT_RETENTION_SECONDS",
         "SWEEP_GRACE_SECONDS",
         "SWEEP_MAX_PER_ROUND",
+        "NOTIFICATION_RETENTION_SECONDS",
+        "WEBHOOK_DELIVERY_RETENTION_SECONDS",
     ):
         monkeypatch.delenv(name, raising=False)
+    thirty_days = 30 * 24 * 3600.0
     assert SweepSettings.from_env() == SweepSettings(
-        interval_seconds=60.0, input_retention_seconds=0.0, grace_seconds=3600.0
+        interval_seconds=60.0,
+        input_retention_seconds=0.0,
+        grace_seconds=3600.0,
+        max_per_round=10_000,
+        notification_retention_seconds=thirty_days,
+        webhook_delivery_retention_seconds=thirty_days,
     )
 
 
@@ -99,7 +107,9 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INPUT_RETENTION_SECONDS", "86400")
     monkeypatch.setenv("SWEEP_GRACE_SECONDS", "2.5")
     monkeypatch.setenv("SWEEP_MAX_PER_ROUND", "500")
-    assert SweepSettings.from_env() == SweepSettings(0.0, 86400.0, 2.5, 500)
+    monkeypatch.setenv("NOTIFICATION_RETENTION_SECONDS", "3600")
+    monkeypatch.setenv("WEBHOOK_DELIVERY_RETENTION_SECONDS", "7200.5")
+    assert SweepSettings.from_env() == SweepSettings(0.0, 86400.0, 2.5, 500, 3600.0, 7200.5)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +119,10 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("INPUT_RETENTION_SECONDS", "nan"),
         ("SWEEP_GRACE_SECONDS", "an hour"),
         ("SWEEP_MAX_PER_ROUND", "0"),
+        ("NOTIFICATION_RETENTION_SECONDS", "0"),
+        ("NOTIFICATION_RETENTION_SECONDS", "a month"),
+        ("WEBHOOK_DELIVERY_RETENTION_SECONDS", "-5"),
+        ("WEBHOOK_DELIVERY_RETENTION_SECONDS", "nan"),
     ],
 )
 def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

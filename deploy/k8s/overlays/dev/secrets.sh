@@ -20,12 +20,12 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 # One Python run makes every value, so the tokens are signed with the secret stored beside them.
-# The worker and notifier tokens live as long as the dev cluster is likely to (a year); the demo
-# one a day.
+# The worker, notifier and webhook sender tokens live as long as the dev cluster is likely to
+# (a year); the demo one a day.
 values=$(cd "$ROOT" && "$PYTHON" - <<'PY'
 import secrets
 
-from services.common.auth import NOTIFIER_ROLE, WORKER_ROLE, mint_token
+from services.common.auth import NOTIFIER_ROLE, WEBHOOKS_ROLE, WORKER_ROLE, mint_token
 
 jwt_secret = secrets.token_urlsafe(48)
 print(f"POSTGRES_PASSWORD={secrets.token_hex(24)}")
@@ -36,6 +36,8 @@ worker = mint_token(jwt_secret, "media-worker", roles=(WORKER_ROLE,), ttl_second
 print(f"WORKER_TOKEN={worker}")
 notifier = mint_token(jwt_secret, "media-notifier", roles=(NOTIFIER_ROLE,), ttl_seconds=365 * 86400)
 print(f"NOTIFIER_TOKEN={notifier}")
+webhooks = mint_token(jwt_secret, "media-webhooks", roles=(WEBHOOKS_ROLE,), ttl_seconds=365 * 86400)
+print(f"WEBHOOKS_TOKEN={webhooks}")
 print(f"DEMO_TOKEN={mint_token(jwt_secret, 'demo-user', ttl_seconds=86400)}")
 PY
 )
@@ -58,6 +60,7 @@ manifests() {
   secret media-db "DATABASE_URL=$database_url"
   secret media-auth "AUTH_JWT_SECRET=$(value AUTH_JWT_SECRET)" "NOTIFIER_TOKEN=$(value NOTIFIER_TOKEN)"
   secret media-worker "WORKER_TOKEN=$(value WORKER_TOKEN)"
+  secret media-webhooks "WEBHOOKS_TOKEN=$(value WEBHOOKS_TOKEN)"
   secret media-s3 "AWS_ACCESS_KEY_ID=$(value AWS_ACCESS_KEY_ID)" \
     "AWS_SECRET_ACCESS_KEY=$(value AWS_SECRET_ACCESS_KEY)"
 }

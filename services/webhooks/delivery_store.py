@@ -1,0 +1,441 @@
+"""The sender's SQL: matching events to endpoints, the delivery queue (insert, claim, record) and
+its gauges. Every call runs in a SQL bulkhead of the sender's own, one thread per connection, so a
+hung database holds those threads only and a call gives up after DB_CALL_TIMEOUT_SECONDS.
+
+The queue is webhook_deliveries: a PENDING row is due at next_attempt_at. A sender claims due rows
+with FOR UPDATE SKIP LOCKED and pushes next_attempt_at past the time an attempt can take (the
+lease), so replicas never take the same row, and a row whose sender died comes due again when its
+lease lapses, to be sent by any replica with the same id (the webhook-id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, func, text
+from sqlalchemy.dialects.postgresql import insert
+
+from services.common.bulkhead import Bulkhead
+from services.common.ids import uuid7
+from services.job_service.database import make_engine
+from services.job_service.schema import webhook_deliveries
+from services.webhooks import outcome
+from services.webhooks.outcome import Decision, Result
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One JobEvent message, as the fan-out needs it."""
+
+    event_id: uuid.UUID  # its Nats-Msg-Id
+    event_type: str
+    job_id: uuid.UUID
+    owner: str
+    kind: int
+    version: int
+    payload: bytes  # the serialized JobEvent
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: uuid.UUID
+    url: str
+    secrets: tuple[str, ...]  # the newest first; two during a rotation's overlap
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Match:
+    """An event (its index in the batch) an endpoint is to be sent."""
+
+    index: int
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery this replica holds the claim on, with what sending it needs."""
+
+    id: uuid.UUID
+    endpoint: Endpoint
+    event_type: str
+    event: bytes  # the serialized JobEvent
+    attempts: int  # scheduled attempts made so far
+    manual: bool  # asked for by RedeliverWebhook
+    last_status: int | None = None  # of the latest attempt (None: none yet)
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    decision: Decision
+    disabled_now: bool  # this call disabled the endpoint (not another replica before it)
+
+
+# Matching endpoints for a whole batch of events at once: the owner's enabled endpoints that
+# want the event's type, of all kinds or the job's, or the job's own one-off endpoint.
+_MATCH = text(
+    """
+    SELECT ev.idx, e.id, e.url, e.secret,
+           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END
+    FROM unnest(CAST(:owners AS text[]), CAST(:job_ids AS uuid[]), CAST(:types AS text[]),
+                CAST(:kinds AS smallint[]))
+         WITH ORDINALITY AS ev(owner, job_id, event_type, kind, idx)
+    JOIN webhook_endpoints e
+      ON e.owner = ev.owner AND e.enabled AND ev.event_type = ANY(e.event_types)
+     AND (e.job_id = ev.job_id
+          OR (e.job_id IS NULL AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))))
+    """
+)
+
+# Due deliveries up to `room`, at most `per_endpoint` in flight per endpoint (counting what this
+# replica already sends: busy_ids/busy_counts), skipping endpoints that are full; claimed by
+# pushing their due time past the lease. `state = 1` is spelled as webhook_deliveries_due's
+# predicate (DELIVERY_PENDING), so that index serves the scan.
+_CLAIM = text(
+    """
+    WITH candidates AS (
+        SELECT d.id, d.endpoint_id, d.next_attempt_at
+        FROM webhook_deliveries d
+        WHERE d.state = 1 AND d.next_attempt_at <= now()
+          AND NOT (d.endpoint_id = ANY(CAST(:full_ids AS uuid[])))
+        ORDER BY d.next_attempt_at
+        LIMIT :scan
+        FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+        SELECT c.id, c.next_attempt_at,
+               row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)
+                 + coalesce(b.busy, 0) AS slot
+        FROM candidates c
+        LEFT JOIN unnest(CAST(:busy_ids AS uuid[]), CAST(:busy_counts AS int[]))
+               AS b(endpoint_id, busy) ON b.endpoint_id = c.endpoint_id
+    ), chosen AS (
+        SELECT id FROM ranked WHERE slot <= :per_endpoint ORDER BY next_attempt_at LIMIT :room
+    )
+    UPDATE webhook_deliveries d
+    SET next_attempt_at = now() + make_interval(secs => :lease), updated_at = now()
+    FROM chosen, webhook_endpoints e
+    WHERE d.id = chosen.id AND e.id = d.endpoint_id
+    RETURNING d.id, d.event_type, d.event, d.attempts, d.manual,
+              e.id, e.url, e.secret,
+              CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END,
+              e.enabled,
+              (SELECT a.status_code FROM webhook_attempts a
+                WHERE a.delivery_id = d.id ORDER BY a.id DESC LIMIT 1),
+              (SELECT a.error FROM webhook_attempts a
+                WHERE a.delivery_id = d.id ORDER BY a.id DESC LIMIT 1)
+    """
+)
+
+_MARK_FAILING = text(
+    "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, :at) "
+    "WHERE id = :id RETURNING failing_since"
+)
+_CLEAR_FAILING = text(
+    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :id AND failing_since IS NOT NULL"
+)
+_FAILING_SINCE = text("SELECT failing_since FROM webhook_endpoints WHERE id = :id")
+_DISABLE = text(
+    "UPDATE webhook_endpoints SET enabled = false, disabled_reason = :reason, "
+    "disabled_at = now(), updated_at = now() WHERE id = :id AND enabled RETURNING id"
+)
+_ADD_ATTEMPT = text(
+    """
+    INSERT INTO webhook_attempts
+        (delivery_id, number, started_at, status_code, latency_ms, response_head, error, manual)
+    SELECT :id, coalesce(max(number), 0) + 1, :started, :status, :latency_ms, :head, :error,
+           :manual
+    FROM webhook_attempts WHERE delivery_id = :id
+    """
+)
+_UPDATE_DELIVERY = text(
+    """
+    UPDATE webhook_deliveries
+    SET state = :state, attempts = :attempts, manual = false, updated_at = now(),
+        next_attempt_at = CASE WHEN :retry_in IS NULL THEN NULL
+                               ELSE now() + make_interval(secs => :retry_in) END
+    WHERE id = :id
+    """
+)
+_RELEASE = text(
+    "UPDATE webhook_deliveries SET next_attempt_at = now() "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 1"
+)
+_GAUGES = text(
+    """
+    SELECT count(*) FILTER (WHERE attempts > 0),
+           coalesce(extract(epoch FROM now() - min(next_attempt_at)
+                                        FILTER (WHERE next_attempt_at <= now())), 0)
+    FROM webhook_deliveries WHERE state = 1
+    """
+)
+
+
+def _secrets(secret: str, previous: str | None) -> tuple[str, ...]:
+    return (secret, previous) if previous else (secret,)
+
+
+Decide = Callable[[Delivery, Result, datetime | None, datetime], Decision]
+
+
+class DeliveryStore:
+    def __init__(self, engine: Engine, bulkhead: Bulkhead) -> None:
+        self._engine = engine
+        self._bulkhead = bulkhead
+
+    @classmethod
+    def open(cls, database_url: str, pool_size: int, call_timeout_seconds: float) -> DeliveryStore:
+        engine = make_engine(
+            database_url,
+            pool_size,
+            statement_timeout_seconds=call_timeout_seconds,
+            application_name="webhooks",
+        )
+        return cls(engine, Bulkhead("sql", pool_size, call_timeout_seconds))
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._bulkhead.run(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._bulkhead.shutdown()
+        self._engine.dispose()
+
+    # --- fan-out ---------------------------------------------------------------------------
+
+    async def match(self, events: Sequence[Event]) -> list[Match]:
+        """Every (event, endpoint) pair to deliver, in one query for the whole batch."""
+        return await self._run(self._match, events)
+
+    def _match(self, events: Sequence[Event]) -> list[Match]:
+        params = {
+            "owners": [e.owner for e in events],
+            "job_ids": [str(e.job_id) for e in events],
+            "types": [e.event_type for e in events],
+            "kinds": [e.kind for e in events],
+        }
+        with self._engine.connect() as conn:
+            rows = conn.execute(_MATCH, params).all()
+        return [Match(int(r[0]) - 1, Endpoint(r[1], r[2], _secrets(r[3], r[4]))) for r in rows]
+
+    async def insert(
+        self,
+        events: Sequence[Event],
+        matches: Sequence[Match],
+        claimed: Sequence[bool],
+        lease: float,
+    ) -> dict[int, uuid.UUID]:
+        """Inserts a PENDING delivery per match (nothing for a pair that has one already: an
+        event NATS delivered again). A `claimed` one is due after the lease (this replica sends
+        it now), the others at once (the poll, of any replica, sends them). Returns the new
+        rows' ids by the match's position."""
+        return await self._run(self._insert, events, matches, claimed, lease)
+
+    def _insert(
+        self,
+        events: Sequence[Event],
+        matches: Sequence[Match],
+        claimed: Sequence[bool],
+        lease: float,
+    ) -> dict[int, uuid.UUID]:
+        if not matches:
+            return {}
+        ids = [uuid7() for _ in matches]
+        rows: list[dict[str, Any]] = []
+        for delivery_id, match, mine in zip(ids, matches, claimed, strict=True):
+            event = events[match.index]
+            rows.append(
+                {
+                    "id": delivery_id,
+                    "endpoint_id": match.endpoint.id,
+                    "event_id": event.event_id,
+                    "event_type": event.event_type,
+                    "job_id": event.job_id,
+                    "job_version": event.version,
+                    "event": event.payload,
+                    "state": outcome.PENDING,
+                    "next_attempt_at": func.now() + timedelta(seconds=lease if mine else 0),
+                }
+            )
+        statement = (
+            insert(webhook_deliveries)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+            .returning(webhook_deliveries.c.id)
+        )
+        with self._engine.begin() as conn:
+            inserted = {row[0] for row in conn.execute(statement)}
+        return {i: delivery_id for i, delivery_id in enumerate(ids) if delivery_id in inserted}
+
+    # --- the queue -------------------------------------------------------------------------
+
+    async def claim(
+        self, room: int, per_endpoint: int, busy: Mapping[uuid.UUID, int], lease: float
+    ) -> list[Delivery]:
+        return await self._run(self._claim, room, per_endpoint, dict(busy), lease)
+
+    def _claim(
+        self, room: int, per_endpoint: int, busy: dict[uuid.UUID, int], lease: float
+    ) -> list[Delivery]:
+        params = {
+            "full_ids": [str(e) for e, n in busy.items() if n >= per_endpoint],
+            "busy_ids": [str(e) for e in busy],
+            "busy_counts": list(busy.values()),
+            # Rows of full endpoints are skipped in the scan; a few times the room still lets
+            # one endpoint's backlog leave room for the others.
+            "scan": 4 * room,
+            "per_endpoint": per_endpoint,
+            "room": room,
+            "lease": lease,
+        }
+        with self._engine.begin() as conn:
+            rows = conn.execute(_CLAIM, params).all()
+        return [
+            Delivery(
+                id=r[0],
+                event_type=r[1],
+                event=bytes(r[2]),
+                attempts=r[3],
+                manual=r[4],
+                endpoint=Endpoint(r[5], r[6], _secrets(r[7], r[8]), enabled=r[9]),
+                last_status=r[10],
+                last_error=r[11] or "",
+            )
+            for r in rows
+        ]
+
+    async def release(self, ids: Sequence[uuid.UUID]) -> None:
+        """Claims given back unsent: due at once, for any replica."""
+        if ids:
+            await self._run(self._release, [str(i) for i in ids])
+
+    def _release(self, ids: list[str]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(_RELEASE, {"ids": ids})
+
+    async def record(
+        self,
+        delivery: Delivery,
+        result: Result,
+        *,
+        started_at: datetime,
+        latency_ms: int,
+        response_head: str,
+        decide: Decide,
+    ) -> Recorded:
+        """In one transaction: the endpoint's failing streak, what the attempt does (`decide`,
+        given that streak and the database's clock), the attempt row, the delivery's new state,
+        and the endpoint disabled when so decided."""
+        return await self._run(
+            self._record, delivery, result, started_at, latency_ms, response_head, decide
+        )
+
+    def _record(
+        self,
+        delivery: Delivery,
+        result: Result,
+        started_at: datetime,
+        latency_ms: int,
+        response_head: str,
+        decide: Decide,
+    ) -> Recorded:
+        endpoint_id = delivery.endpoint.id
+        with self._engine.begin() as conn:
+            now: datetime = conn.execute(text("SELECT now()")).scalar_one()
+            failing_since = self._streak(conn, endpoint_id, result, started_at, delivery)
+            decision = decide(delivery, result, failing_since, now)
+            disabled_now = False
+            if decision.disable is not None:
+                disabled_now = (
+                    conn.execute(
+                        _DISABLE, {"id": endpoint_id, "reason": decision.disabled_reason}
+                    ).first()
+                    is not None
+                )
+            conn.execute(
+                _ADD_ATTEMPT,
+                {
+                    "id": delivery.id,
+                    "started": started_at,
+                    "status": result.status_code,
+                    "latency_ms": latency_ms,
+                    "head": response_head,
+                    "error": result.error,
+                    "manual": delivery.manual,
+                },
+            )
+            conn.execute(
+                _UPDATE_DELIVERY,
+                {
+                    "id": delivery.id,
+                    "state": decision.state,
+                    "attempts": decision.attempts,
+                    "retry_in": decision.retry_in_seconds,
+                },
+            )
+        return Recorded(decision, disabled_now)
+
+    @staticmethod
+    def _streak(
+        conn: Connection,
+        endpoint_id: uuid.UUID,
+        result: Result,
+        started_at: datetime,
+        delivery: Delivery,
+    ) -> datetime | None:
+        """The endpoint's failing_since after this attempt."""
+        if not delivery.endpoint.enabled:
+            return None
+        if result.ok:
+            conn.execute(_CLEAR_FAILING, {"id": endpoint_id})
+            return None
+        if not result.receiver_fault:
+            since: datetime | None = conn.execute(_FAILING_SINCE, {"id": endpoint_id}).scalar()
+            return since
+        marked: datetime | None = conn.execute(
+            _MARK_FAILING, {"id": endpoint_id, "at": started_at}
+        ).scalar()
+        return marked
+
+    # --- gauges and readiness ---------------------------------------------------------------
+
+    async def gauges(self) -> tuple[int, float]:
+        """(pending deliveries that failed at least once, seconds the oldest due one waits)."""
+        return await self._run(self._gauges)
+
+    def _gauges(self) -> tuple[int, float]:
+        with self._engine.connect() as conn:
+            row = conn.execute(_GAUGES).one()
+        return int(row[0]), float(row[1])
+
+
+class DatabaseProbe:
+    """Readiness: a `SELECT 1` on a connection and a thread of its own, so a busy queue does not
+    read as a database outage."""
+
+    def __init__(self, database_url: str, timeout_seconds: float) -> None:
+        self._engine = make_engine(
+            database_url,
+            1,
+            statement_timeout_seconds=timeout_seconds,
+            application_name="webhooks-monitor",
+        )
+        self._bulkhead = Bulkhead("sql-probe", 1, timeout_seconds)
+
+    async def __call__(self) -> bool:
+        await self._bulkhead.run(self._ping)
+        return True
+
+    def _ping(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self._bulkhead.shutdown()
+        self._engine.dispose()

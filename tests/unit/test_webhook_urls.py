@@ -1,0 +1,151 @@
+"""Where a webhook may be sent (services/common/webhook_urls.py): https only unless http is
+allowed, no credentials, and no private, loopback, link-local, shared or reserved address, also
+when written inside an IPv6 address; and the job_service settings that shape endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from services.common.config import SettingsError
+from services.common.webhook_urls import (
+    UrlPolicy,
+    UrlRefused,
+    address_allowed,
+    check_addresses,
+    check_target,
+    check_url,
+)
+from services.job_service.settings import WebhookSettings
+
+STRICT = UrlPolicy()
+OPEN = UrlPolicy(allow_http=True, allow_private=True)
+
+PRIVATE = [
+    "127.0.0.1",
+    "127.8.9.10",
+    "10.1.2.3",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.1.1",
+    "169.254.169.254",  # the cloud metadata service
+    "100.64.0.1",
+    "100.127.255.254",
+    "0.0.0.0",
+    "224.0.0.1",
+    "::1",
+    "::",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo of 10.0.0.1
+]
+PUBLIC = ["93.184.215.14", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111"]
+
+
+def url_of(address: str) -> str:
+    return f"https://[{address}]/hook" if ":" in address else f"https://{address}/hook"
+
+
+@pytest.mark.parametrize("address", PRIVATE)
+def test_private_addresses_are_refused(address: str) -> None:
+    assert not address_allowed(ipaddress.ip_address(address))
+    with pytest.raises(UrlRefused, match="private, loopback, link-local or reserved") as caught:
+        check_url(url_of(address), STRICT)
+    assert address not in str(caught.value)  # the message never names the address
+    with pytest.raises(UrlRefused):
+        check_addresses([address], STRICT)
+    # ... unless private networks are allowed.
+    assert check_url(url_of(address), OPEN).url == url_of(address)
+    check_addresses([address], OPEN)
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_are_allowed(address: str) -> None:
+    target = check_url(url_of(address), STRICT)
+    assert (target.host, target.port) == (address, 443)
+    check_addresses([address], STRICT)
+
+
+def test_a_name_with_any_private_address_is_refused() -> None:
+    with pytest.raises(UrlRefused, match="resolves to a private"):
+        check_addresses(["93.184.215.14", "10.0.0.7"], STRICT)
+
+
+def test_a_name_resolving_to_loopback_is_refused_without_naming_the_address() -> None:
+    target = check_url("https://localhost:8443/hook", STRICT)
+    with pytest.raises(UrlRefused, match="resolves to a private") as caught:
+        asyncio.run(check_target(target, STRICT))
+    assert "127.0.0.1" not in str(caught.value) and "::1" not in str(caught.value)
+    asyncio.run(check_target(target, OPEN))
+
+
+def test_https_only_unless_http_is_allowed() -> None:
+    with pytest.raises(UrlRefused, match="must be https"):
+        check_url("http://93.184.215.14/hook", STRICT)
+    assert check_url("http://93.184.215.14/hook", UrlPolicy(allow_http=True)).port == 80
+    with pytest.raises(UrlRefused, match="must be http or https"):
+        check_url("ftp://93.184.215.14/hook", UrlPolicy(allow_http=True))
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://user:secret@93.184.215.14/hook", "credentials"),
+        ("https://user@93.184.215.14/hook", "credentials"),
+        ("", "is required"),
+        ("https://93.184.215.14/" + "a" * 3000, "longer than 2048"),
+        ("https://93.184.215.14/a b", "without spaces"),
+        ("https://exämple.com/hook", "ASCII"),
+        ("https://93.184.215.14/hook#frag", "fragment"),
+        ("https:///hook", "no host"),
+        ("https://93.184.215.14:99999/hook", "not a valid URL"),
+    ],
+)
+def test_malformed_urls_are_refused(url: str, why: str) -> None:
+    with pytest.raises(UrlRefused, match=why):
+        check_url(url, OPEN)
+
+
+def test_webhook_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "WEBHOOK_ALLOW_HTTP",
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS",
+        "WEBHOOK_SECRET_OVERLAP_SECONDS",
+        "MAX_WEBHOOK_ENDPOINTS_PER_USER",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert WebhookSettings.from_env() == WebhookSettings(
+        url_policy=STRICT, secret_overlap_seconds=86400, max_endpoints_per_user=20
+    )
+
+
+def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_ALLOW_HTTP", "true")
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "yes")
+    monkeypatch.setenv("WEBHOOK_SECRET_OVERLAP_SECONDS", "0")  # the old secret stops at once
+    monkeypatch.setenv("MAX_WEBHOOK_ENDPOINTS_PER_USER", "3")
+    assert WebhookSettings.from_env() == WebhookSettings(OPEN, 0, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEBHOOK_ALLOW_HTTP", "maybe"),
+        ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "2"),
+        ("WEBHOOK_SECRET_OVERLAP_SECONDS", "-1"),
+        ("WEBHOOK_SECRET_OVERLAP_SECONDS", "a day"),
+        ("MAX_WEBHOOK_ENDPOINTS_PER_USER", "0"),
+    ],
+)
+def test_bad_webhook_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        WebhookSettings.from_env()
