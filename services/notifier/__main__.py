@@ -12,12 +12,13 @@ from media.v1 import notifier_service_pb2_grpc
 from services.common import jetstream
 from services.common.auth import TokenVerifier
 from services.common.config import LogSettings, load_or_exit
+from services.common.job_reader import JobReader, job_service_channel, job_service_reachable
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
 from services.common.tracing import setup_tracing
 from services.notifier.hub import EventHub
-from services.notifier.jobs import JobCache, JobReader, job_service_channel, job_service_reachable
+from services.notifier.jobs import JobCache
 from services.notifier.limits import StreamLimits
 from services.notifier.replay import Replayer
 from services.notifier.servicer import SERVICE_NAME, NotifierService
@@ -39,6 +40,7 @@ async def serve(settings: NotifierSettings) -> None:
             settings.token,
             timeout_seconds=settings.read_timeout_seconds,
             concurrency=settings.read_concurrency,
+            unavailable="job service is unavailable; watch again with the last cursor",
         ),
         batch=settings.read_batch,
     )

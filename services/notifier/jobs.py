@@ -1,7 +1,6 @@
-"""Reading jobs from job_service with the notifier's own credential, once per job.
+"""Reading jobs from job_service (services/common/job_reader.py) once per job for every watcher.
 
-job_service's JobReaderService (notifier role only) answers many jobs per call with their owners
-and with output URLs signed there, the one place that signs them. `JobCache` makes every read
+`JobCache` makes every read
 single-flight and batched: however many watchers open on one job, one read; however many jobs
 need reading at the same moment, a few calls of up to `batch` jobs each. It keeps the owner and
 latest state of the jobs that open WatchJob streams hold (the hub feeds it every event, so a
@@ -11,142 +10,16 @@ watcher joining or resyncing needs no read) and forgets a job when its last hold
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TypeVar
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from media.v1 import job_pb2, job_reader_service_pb2, job_reader_service_pb2_grpc
-from services.common import channels, lifecycle
-from services.common.auth import bearer_metadata
-from services.common.config import TlsSettings
-from services.common.errors import RpcError
+from media.v1 import job_pb2
+from services.common import lifecycle
+from services.common.job_reader import JobReader
 
 log = logging.getLogger(__name__)
-
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-
-_READER = "media.v1.JobReaderService"
-# Reads are safe to retry a few times on a transport failure before giving up.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": _READER, "method": "ReadJobs"},
-                    {"service": _READER, "method": "ListActiveJobs"},
-                ],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    # RESOURCE_EXHAUSTED: job_service's cap on concurrent calls, answered before
-                    # the call is read.
-                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-                },
-            }
-        ]
-    }
-)
-_UNAVAILABLE = "job service is unavailable; watch again with the last cursor"
-
-
-def job_service_channel(
-    addr: str, max_message_bytes: int, tls: TlsSettings | None = None
-) -> grpc.aio.Channel:
-    return channels.job_service_channel(
-        addr,
-        tls or TlsSettings(),
-        max_message_bytes=max_message_bytes,
-        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
-    )
-
-
-async def job_service_reachable(channel: grpc.aio.Channel, timeout_seconds: float = 2.0) -> bool:
-    """Whether job_service answers at all (its "liveness" health name): the notifier's readiness.
-    Not job_service's own readiness, which flips during its rolling updates."""
-    try:
-        await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="liveness"), timeout=timeout_seconds
-        )
-    except grpc.aio.AioRpcError:
-        return False
-    return True
-
-
-def upstream_unavailable() -> RpcError:
-    """What a watcher is told when job_service could not answer: whatever went wrong is between
-    the notifier and job_service (its credential included), never the watcher's doing."""
-    return RpcError(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE, retry_after_seconds=1.0)
-
-
-class JobReader:
-    """The calls (no caching): JobReaderService with the notifier's token, at most `concurrency`
-    at a time, so that a burst of streams opening queues here instead of overrunning job_service
-    (which caps the calls it serves at once)."""
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        token: str,
-        *,
-        timeout_seconds: float,
-        concurrency: int = 8,
-    ) -> None:
-        self._stub = job_reader_service_pb2_grpc.JobReaderServiceStub(channel)
-        self._metadata = bearer_metadata(token)
-        self._timeout = timeout_seconds
-        self._slots = asyncio.Semaphore(concurrency)
-        self.calls = 0
-
-    async def read(self, job_ids: Sequence[str]) -> list[job_reader_service_pb2.OwnedJob]:
-        request = job_reader_service_pb2.ReadJobsRequest(job_ids=job_ids)
-        response = await self._call("ReadJobs", self._stub.ReadJobs, request)
-        return list(response.jobs)
-
-    async def list_active(self, owner: str, kinds: Sequence[int]) -> list[job_pb2.Job]:
-        request = job_reader_service_pb2.ListActiveJobsRequest(
-            owner=owner, kinds=[job_pb2.MediaKind.ValueType(k) for k in kinds]
-        )
-        response = await self._call("ListActiveJobs", self._stub.ListActiveJobs, request)
-        return list(response.jobs)
-
-    async def _call(
-        self,
-        name: str,
-        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
-        request: _Request,
-    ) -> _Response:
-        async with self._slots:
-            self.calls += 1
-            try:
-                return await method(
-                    request,
-                    metadata=self._metadata,
-                    timeout=self._timeout,
-                    # Within the deadline, wait out a reconnect (job_service restarting).
-                    wait_for_ready=True,
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise self._failed(name, exc) from None
-
-    @staticmethod
-    def _failed(method: str, exc: grpc.aio.AioRpcError) -> RpcError:
-        level = (
-            logging.ERROR
-            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-            else logging.WARNING
-        )
-        log.log(level, "%s failed: %s %s", method, exc.code().name, exc.details())
-        return upstream_unavailable()
-
 
 Owned = tuple[str, job_pb2.Job]  # (owner, job)
 

@@ -12,10 +12,10 @@ import logging
 from nats.aio.client import Client
 
 from services.common import jetstream
+from services.common.job_reader import JobReader, job_service_channel
 from services.common.metrics import serve_metrics
 from services.common.server import ServiceHost, install_blocking_pool, wait_for_signal
 from services.common.tasks import every
-from services.notifier.jobs import JobReader, job_service_channel
 from services.webhooks import metrics
 from services.webhooks.delivery_store import DatabaseProbe, DeliveryStore
 from services.webhooks.dispatcher import Dispatcher

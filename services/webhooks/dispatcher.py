@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from media.v1 import events_pb2, job_pb2
 from services.common import lifecycle, webhook_signing
-from services.notifier.jobs import JobReader
+from services.common.job_reader import JobReader
 from services.webhooks import metrics, outcome, payload
 from services.webhooks.delivery_store import Delivery, DeliveryStore
 from services.webhooks.http import Answer, Sender

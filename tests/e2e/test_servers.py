@@ -25,7 +25,7 @@ STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 
 async def test_health_and_reflection_on_every_server(stack) -> None:
     # job_service serves two listeners: the public one (clients: jobs, webhook endpoints, the
-    # inbox) and the internal one (workers; the notifier's reads).
+    # inbox) and the internal one (workers; the reads of the notifier and the webhook sender).
     assert stack.worker_service_addr != stack.job_service_addr
     expected = {
         stack.job_service_addr: {
@@ -35,6 +35,7 @@ async def test_health_and_reflection_on_every_server(stack) -> None:
         },
         stack.worker_service_addr: {"media.v1.WorkerService", "media.v1.JobReaderService"},
         stack.notifier_addr: {"media.v1.NotifierService"},
+        stack.webhooks.addr: set(),  # the sender serves nothing but health
     }
     workers = stack.worker_addrs()
     assert workers, "the stack runs workers"

@@ -31,9 +31,10 @@ from services.common.auth import NOTIFIER_ROLE, TokenVerifier, mint_token
 from services.common.config import AuthSettings, ServerSettings
 from services.common.errors import field_violations
 from services.common.ids import uuid7
+from services.common.job_reader import JobReader, job_service_channel
 from services.common.server import ServiceHost
 from services.notifier.hub import Change, EventHub
-from services.notifier.jobs import JobCache, JobReader, job_service_channel
+from services.notifier.jobs import JobCache
 from services.notifier.limits import StreamLimits
 from services.notifier.replay import Replayer
 from services.notifier.servicer import SERVICE_NAME, NotifierService

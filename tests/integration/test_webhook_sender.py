@@ -354,7 +354,7 @@ async def test_an_exhausted_schedule_fails_the_delivery(rig: Rig) -> None:
     owner = f"frank-{uuid7()}"
     endpoint_id, _ = await rig.endpoint(owner, "/down")
     rig.receiver.answer("/down", 500, 500, 500, body=b"x" * 100)
-    before = metric("webhook_deliveries_total", outcome="failed", event_type="job.failed")
+    before = metric("media_webhook_deliveries_total", outcome="failed", event_type="job.failed")
     await rig.publish(owner, a_job(), "job.failed")
     [delivery] = await eventually(lambda: _ended(rig, endpoint_id), "the delivery ended")
     assert (delivery.state, delivery.attempts) == (FAILED, 3)
@@ -363,7 +363,7 @@ async def test_an_exhausted_schedule_fails_the_delivery(rig: Rig) -> None:
     assert {a.response_head for a in attempts} == {"x" * HEAD_BYTES}
     endpoint = await rig.endpoint_row(endpoint_id)
     assert endpoint.enabled and endpoint.failing_since is not None
-    after = metric("webhook_deliveries_total", outcome="failed", event_type="job.failed")
+    after = metric("media_webhook_deliveries_total", outcome="failed", event_type="job.failed")
     assert after == before + 1
     assert len(rig.receiver.at("/down")) == 3
 
@@ -372,7 +372,7 @@ async def test_410_disables_the_endpoint_and_nothing_more_is_sent(rig: Rig) -> N
     owner = f"gina-{uuid7()}"
     endpoint_id, _ = await rig.endpoint(owner, "/gone")
     rig.receiver.answer("/gone", 410)
-    before = metric("webhook_endpoints_disabled_total", reason="gone")
+    before = metric("media_webhook_endpoints_disabled_total", reason="gone")
     await rig.publish(owner, a_job(), "job.failed")
     [delivery] = await eventually(lambda: _ended(rig, endpoint_id), "the delivery ended")
     assert delivery.state == FAILED
@@ -380,7 +380,7 @@ async def test_410_disables_the_endpoint_and_nothing_more_is_sent(rig: Rig) -> N
     assert not endpoint.enabled
     assert endpoint.disabled_reason == "the endpoint answered 410 Gone"
     assert endpoint.disabled_at is not None
-    assert metric("webhook_endpoints_disabled_total", reason="gone") == before + 1
+    assert metric("media_webhook_endpoints_disabled_total", reason="gone") == before + 1
     # A later event of the same owner: a marker endpoint shows it went through the fan-out.
     await rig.endpoint(owner, "/gone-marker")
     await rig.publish(owner, a_job(), "job.failed")

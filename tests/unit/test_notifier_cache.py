@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Sequence
 
 from media.v1 import job_pb2, job_reader_service_pb2
-from services.notifier.jobs import JobCache, JobReader
+from services.common.job_reader import JobReader
+from services.notifier.jobs import JobCache
 
 SUCCEEDED = job_pb2.JOB_STATUS_SUCCEEDED
 RUNNING = job_pb2.JOB_STATUS_RUNNING
