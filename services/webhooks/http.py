@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import time
@@ -143,8 +144,10 @@ def describe(exc: BaseException, timeout_seconds: float) -> str:
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         return "TLS failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else ""
-        return "connection failed" + (f": {reason.lower()}" if reason else "")
+        # From the error number: asyncio's own text ("Connect call failed (<address>)") names
+        # the address connected to.
+        errno = exc.os_error.errno if exc.os_error else None
+        return "connection failed" + (f": {os.strerror(errno).lower()}" if errno else "")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection without an answer"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):

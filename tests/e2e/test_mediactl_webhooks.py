@@ -19,13 +19,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
+from devstack.procs import free_port
 from devstack.services import Services
 from devstack.state import REPO_ROOT
-from services.common.auth import mint_token
+from media.v1 import webhook_service_pb2, webhook_service_pb2_grpc
+from services.common.auth import bearer_metadata, mint_token
 from services.common.webhook_signing import new_secret
 from services.mediactl.exit_codes import EXIT_OK, EXIT_RPC_ERROR
 from tests.conftest import Clients
-from tests.e2e.helpers import WAIT_SECONDS
+from tests.e2e.helpers import WAIT_SECONDS, fetch
 
 pytestmark = pytest.mark.e2e
 
@@ -264,3 +266,101 @@ async def test_listen_prints_a_signed_event_and_refuses_a_forged_one() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- the README's "Try it in a minute", end to end ----------------------------------------------
+
+
+async def _listen(port: int, secret: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.mediactl", "webhooks", "listen", "--port", str(port),
+        cwd=REPO_ROOT,
+        env=_env(MEDIACTL_WEBHOOK_SECRET=secret),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    banner = (await asyncio.wait_for(proc.stderr.readline(), WAIT_SECONDS)).decode()
+    assert banner.startswith(f"listening on http://127.0.0.1:{port}/ "), banner
+    return proc
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), WAIT_SECONDS)
+
+
+async def _printed_event(proc: asyncio.subprocess.Process) -> list[str]:
+    """The next event `listen` prints: its line, then one line per output URL."""
+    assert proc.stdout is not None
+    lines = [(await asyncio.wait_for(proc.stdout.readline(), WAIT_SECONDS)).decode().rstrip()]
+    lines.append((await asyncio.wait_for(proc.stdout.readline(), WAIT_SECONDS)).decode().rstrip())
+    return lines
+
+
+async def test_the_readme_walkthrough_from_the_sender_to_listen(
+    clients: Clients, stack: Services
+) -> None:
+    token = mint_token(clients.secret, f"walk-{secrets.token_hex(4)}")
+    port = free_port("127.0.0.1")
+    added = await mediactl(stack, token, "webhooks", "add", f"http://127.0.0.1:{port}/")
+    assert added.code == EXIT_OK, added.err
+    endpoint_id, secret = _field(added, "endpoint"), _field(added, "secret")
+
+    listener = await _listen(port, secret)
+    try:
+        created = await mediactl(
+            stack, token, "create", "image", "--prompt", PROMPT, "--size", "256x256"
+        )
+        assert created.code == EXIT_OK, created.err
+        job_id = created.lines[0].split()[2]
+        line, output = await _printed_event(listener)
+        # The default events are the finished ones: the first thing printed is the success.
+        assert re.fullmatch(
+            rf"\S+ \S+Z  job\.succeeded  {job_id}  SUCCEEDED  v\d+  \[[0-9a-f-]{{36}}\]", line
+        ), line
+        url = output.split()[1]
+        assert output.startswith("  #0  http")
+        assert (await fetch(url)).startswith(b"\x89PNG")  # the bytes behind the signed URL
+    finally:
+        await _stop(listener)
+
+    # With nobody listening, the next job's delivery fails on every attempt of the (compressed)
+    # schedule; `deliveries` shows why, and `redeliver` sends it once the listener is back.
+    created = await mediactl(
+        stack, token, "create", "image", "--prompt", PROMPT, "--size", "256x256"
+    )
+    second_job = created.lines[0].split()[2]
+    hooks = webhook_service_pb2_grpc.WebhookServiceStub(clients.job_channel)
+    metadata = bearer_metadata(token)
+
+    async def failed() -> webhook_service_pb2.WebhookDelivery:
+        while True:
+            listed = await hooks.ListWebhookDeliveries(
+                webhook_service_pb2.ListWebhookDeliveriesRequest(endpoint_id=endpoint_id),
+                metadata=metadata,
+            )
+            mine = [d for d in listed.deliveries if d.job_id == second_job]
+            if mine and mine[0].state == webhook_service_pb2.DELIVERY_STATE_FAILED:
+                return mine[0]
+            await asyncio.sleep(0.2)
+
+    delivery = await asyncio.wait_for(failed(), WAIT_SECONDS)
+    # Every attempt of the schedule, each refused, in words that name no address.
+    assert [(a.status_code, a.error) for a in delivery.attempts] == [
+        (0, "connection failed: connection refused")
+    ] * 4
+    shown = await mediactl(stack, token, "webhooks", "deliveries", endpoint_id, "--state", "failed")
+    assert shown.code == EXIT_OK, shown.err
+    assert delivery.id in shown.out and "connection failed: connection refused" in shown.out
+
+    listener = await _listen(port, secret)
+    try:
+        again = await mediactl(stack, token, "webhooks", "redeliver", endpoint_id, delivery.id)
+        assert again.code == EXIT_OK, again.err
+        line, _ = await _printed_event(listener)
+        assert f"job.succeeded  {second_job}  SUCCEEDED" in line and f"[{delivery.id}]" in line
+    finally:
+        await _stop(listener)
