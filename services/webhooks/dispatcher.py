@@ -21,7 +21,7 @@ from media.v1 import events_pb2, job_pb2
 from services.common import lifecycle, webhook_signing
 from services.common.job_reader import JobReader
 from services.webhooks import metrics, outcome, payload
-from services.webhooks.delivery_store import Delivery, DeliveryStore
+from services.webhooks.delivery_store import Attempt, Delivery, DeliveryStore
 from services.webhooks.http import Answer, Sender
 from services.webhooks.outcome import Decision, Result, Schedule
 from services.webhooks.settings import WebhookSettings
@@ -60,6 +60,9 @@ class Dispatcher:
         self._batches: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False  # deliveries may be due beyond the free slots
+        # Endpoints that were full at the last claim: their due deliveries were passed over, so a
+        # slot freed on one of them is worth another claim.
+        self._passed_over: set[uuid.UUID] = set()
         self._poller: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -93,6 +96,9 @@ class Dispatcher:
         # With deliveries left due, claim again once a quarter of the slots are free: a claim
         # per freed slot would cost a query per delivery.
         if self._backlog and self._max - self._in_flight >= self._claim_at:
+            self._wake.set()
+        elif endpoint_id in self._passed_over:
+            self._passed_over.discard(endpoint_id)
             self._wake.set()
 
     # --- sending -----------------------------------------------------------------------------
@@ -149,14 +155,14 @@ class Dispatcher:
         started_at = datetime.now(UTC)
         answer = await self._attempt(delivery, event, fresh)
         try:
-            recorded = await self._store.record(
+            attempt = Attempt(
                 delivery,
                 answer.result,
-                started_at=started_at,
-                latency_ms=round(answer.seconds * 1000),
-                response_head=answer.response_head,
-                decide=self._decide,
+                started_at,
+                round(answer.seconds * 1000),
+                answer.response_head,
             )
+            recorded = await self._store.record(attempt, self._decide)
         except Exception as exc:
             # Its claim lapses and it is sent again, with the same webhook-id.
             log.warning(
@@ -280,6 +286,7 @@ class Dispatcher:
         if room <= 0 or self._stopping:
             self._backlog = True
             return 0
+        self._passed_over = {e for e, n in self._busy.items() if n >= self._per_endpoint}
         claimed = await self._store.claim(room, self._per_endpoint, self._busy, self.lease_seconds)
         # More may be due (the claim was bounded by the room, per endpoint too): claim again as
         # slots free. Nothing claimed: nothing due that may go now, until the next poll.
