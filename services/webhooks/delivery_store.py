@@ -48,6 +48,7 @@ class Event:
 @dataclass(frozen=True)
 class Endpoint:
     id: uuid.UUID
+    owner: str
     url: str
     secrets: tuple[str, ...]  # the newest first; two during a rotation's overlap
     enabled: bool = True
@@ -96,7 +97,7 @@ class Recorded:
 # want the event's type, of all kinds or the job's, or the job's own one-off endpoint.
 _MATCH = text(
     """
-    SELECT ev.idx, e.id, e.url, e.secret,
+    SELECT ev.idx, e.id, e.owner, e.url, e.secret,
            CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END
     FROM unnest(CAST(:owners AS text[]), CAST(:job_ids AS uuid[]), CAST(:types AS text[]),
                 CAST(:kinds AS smallint[]))
@@ -108,36 +109,43 @@ _MATCH = text(
     """
 )
 
-# Due deliveries up to `room`, at most `per_endpoint` in flight per endpoint (counting what this
-# replica already sends: busy_ids/busy_counts), skipping endpoints that are full; claimed by
-# pushing their due time past the lease. `state = 1` is spelled as webhook_deliveries_due's
-# predicate (DELIVERY_PENDING), so that index serves the scan.
+# Due deliveries up to `room`, at most `per_endpoint` in flight per endpoint and `per_user` per
+# owner (counting what this replica already sends: busy_*), skipping endpoints and owners that are
+# full; claimed by pushing their due time past the lease. `state = 1` is spelled as
+# webhook_deliveries_due's predicate (DELIVERY_PENDING), so that index serves the scan.
 _CLAIM = text(
     """
     WITH candidates AS (
-        SELECT d.id, d.endpoint_id, d.next_attempt_at
-        FROM webhook_deliveries d
+        SELECT d.id, d.endpoint_id, e.owner, d.next_attempt_at
+        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
         WHERE d.state = 1 AND d.next_attempt_at <= now()
           AND NOT (d.endpoint_id = ANY(CAST(:full_ids AS uuid[])))
+          AND NOT (e.owner = ANY(CAST(:full_owners AS text[])))
         ORDER BY d.next_attempt_at
         LIMIT :scan
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF d SKIP LOCKED
     ), ranked AS (
         SELECT c.id, c.next_attempt_at,
                row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)
-                 + coalesce(b.busy, 0) AS slot
+                 + coalesce(b.busy, 0) AS slot,
+               row_number() OVER (PARTITION BY c.owner ORDER BY c.next_attempt_at, c.id)
+                 + coalesce(o.busy, 0) AS owner_slot
         FROM candidates c
         LEFT JOIN unnest(CAST(:busy_ids AS uuid[]), CAST(:busy_counts AS int[]))
                AS b(endpoint_id, busy) ON b.endpoint_id = c.endpoint_id
+        LEFT JOIN unnest(CAST(:busy_owners AS text[]), CAST(:busy_owner_counts AS int[]))
+               AS o(owner, busy) ON o.owner = c.owner
     ), chosen AS (
-        SELECT id FROM ranked WHERE slot <= :per_endpoint ORDER BY next_attempt_at LIMIT :room
+        SELECT id FROM ranked
+        WHERE slot <= :per_endpoint AND owner_slot <= :per_user
+        ORDER BY next_attempt_at LIMIT :room
     )
     UPDATE webhook_deliveries d
     SET next_attempt_at = now() + make_interval(secs => :lease), updated_at = now()
     FROM chosen, webhook_endpoints e
     WHERE d.id = chosen.id AND e.id = d.endpoint_id
     RETURNING d.id, d.event_type, d.event, d.attempts, d.manual,
-              e.id, e.url, e.secret,
+              e.id, e.owner, e.url, e.secret,
               CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END,
               e.enabled,
               (SELECT a.status_code FROM webhook_attempts a
@@ -268,7 +276,9 @@ class DeliveryStore:
         }
         with self._engine.connect() as conn:
             rows = conn.execute(_MATCH, params).all()
-        return [Match(int(r[0]) - 1, Endpoint(r[1], r[2], _secrets(r[3], r[4]))) for r in rows]
+        return [
+            Match(int(r[0]) - 1, Endpoint(r[1], r[2], r[3], _secrets(r[4], r[5]))) for r in rows
+        ]
 
     async def insert(
         self,
@@ -322,17 +332,35 @@ class DeliveryStore:
     # --- the queue -------------------------------------------------------------------------
 
     async def claim(
-        self, room: int, per_endpoint: int, busy: Mapping[uuid.UUID, int], lease: float
+        self,
+        room: int,
+        per_endpoint: int,
+        per_user: int,
+        busy: Mapping[uuid.UUID, int],
+        busy_users: Mapping[str, int],
+        lease: float,
     ) -> list[Delivery]:
-        return await self._run(self._claim, room, per_endpoint, dict(busy), lease)
+        return await self._run(
+            self._claim, room, per_endpoint, per_user, dict(busy), dict(busy_users), lease
+        )
 
     def _claim(
-        self, room: int, per_endpoint: int, busy: dict[uuid.UUID, int], lease: float
+        self,
+        room: int,
+        per_endpoint: int,
+        per_user: int,
+        busy: dict[uuid.UUID, int],
+        busy_users: dict[str, int],
+        lease: float,
     ) -> list[Delivery]:
         params = {
             "full_ids": [str(e) for e, n in busy.items() if n >= per_endpoint],
+            "full_owners": [u for u, n in busy_users.items() if n >= per_user],
             "busy_ids": [str(e) for e in busy],
             "busy_counts": list(busy.values()),
+            "busy_owners": list(busy_users),
+            "busy_owner_counts": list(busy_users.values()),
+            "per_user": per_user,
             # Rows of full endpoints are skipped in the scan; a few times the room still lets
             # one endpoint's backlog leave room for the others.
             "scan": 4 * room,
@@ -349,9 +377,9 @@ class DeliveryStore:
                 event=bytes(r[2]),
                 attempts=r[3],
                 manual=r[4],
-                endpoint=Endpoint(r[5], r[6], _secrets(r[7], r[8]), enabled=r[9]),
-                last_status=r[10],
-                last_error=r[11] or "",
+                endpoint=Endpoint(r[5], r[6], r[7], _secrets(r[8], r[9]), enabled=r[10]),
+                last_status=r[11],
+                last_error=r[12] or "",
             )
             for r in rows
         ]

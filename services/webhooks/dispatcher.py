@@ -1,5 +1,7 @@
-"""Sending deliveries: at most WEBHOOK_MAX_IN_FLIGHT at once and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
-per endpoint, so a slow receiver holds its own slots only, never another endpoint's deliveries.
+"""Sending deliveries: at most WEBHOOK_MAX_IN_FLIGHT at once, WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per
+endpoint and WEBHOOK_MAX_IN_FLIGHT_PER_USER per user, so a slow receiver holds its own slots only,
+and one user's receivers (however many endpoints and one-off job webhooks they have) never hold
+another user's deliveries back.
 
 A delivery is sent only once a slot is reserved for it: the fan-out reserves before it inserts
 (what finds no slot is inserted due now, for the poll), and the poll claims no more than the
@@ -16,17 +18,20 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from media.v1 import events_pb2, job_pb2
 from services.common import lifecycle, webhook_signing
 from services.common.job_reader import JobReader
 from services.webhooks import metrics, outcome, payload
-from services.webhooks.delivery_store import Attempt, Delivery, DeliveryStore
+from services.webhooks.delivery_store import Attempt, Delivery, DeliveryStore, Endpoint
 from services.webhooks.http import Answer, Sender
 from services.webhooks.outcome import Decision, Result, Schedule
 from services.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
+
+_K = TypeVar("_K")
 
 READ_BATCH = 500  # job_service's ReadJobs takes at most 500 IDs
 READ_FAILED = "could not read the job's output URLs from the job service"
@@ -50,19 +55,21 @@ class Dispatcher:
         self._disable_after = settings.disable_after_seconds
         self._max = settings.max_in_flight
         self._per_endpoint = settings.max_in_flight_per_endpoint
+        self._per_user = settings.max_in_flight_per_user
         self._poll_seconds = settings.poll_seconds
         self._claim_at = max(1, settings.max_in_flight // 4)
         self.lease_seconds = settings.lease_seconds
         self._spread = spread
         self._busy: dict[uuid.UUID, int] = {}  # deliveries in flight (or reserved) per endpoint
+        self._busy_users: dict[str, int] = {}  # and per owner
         self._in_flight = 0
         self._sending: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._batches: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False  # deliveries may be due beyond the free slots
-        # Endpoints that were full at the last claim: their due deliveries were passed over, so a
-        # slot freed on one of them is worth another claim.
-        self._passed_over: set[uuid.UUID] = set()
+        # Endpoints and users that were full at the last claim: their due deliveries were passed
+        # over, so a slot freed on one of them is worth another claim.
+        self._passed_over: set[uuid.UUID | str] = set()
         self._poller: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -72,13 +79,16 @@ class Dispatcher:
 
     # --- slots -------------------------------------------------------------------------------
 
-    def reserve(self, endpoint_id: uuid.UUID) -> bool:
-        """Takes a slot for a delivery to `endpoint_id`; False when none is free."""
+    def reserve(self, endpoint: Endpoint) -> bool:
+        """Takes a slot for a delivery to `endpoint`; False when none is free."""
         if self._stopping or self._in_flight >= self._max:
             return False
-        if self._busy.get(endpoint_id, 0) >= self._per_endpoint:
+        if self._busy.get(endpoint.id, 0) >= self._per_endpoint:
             return False
-        self._busy[endpoint_id] = self._busy.get(endpoint_id, 0) + 1
+        if self._busy_users.get(endpoint.owner, 0) >= self._per_user:
+            return False
+        self._busy[endpoint.id] = self._busy.get(endpoint.id, 0) + 1
+        self._busy_users[endpoint.owner] = self._busy_users.get(endpoint.owner, 0) + 1
         self._in_flight += 1
         return True
 
@@ -86,19 +96,16 @@ class Dispatcher:
         """Deliveries were left due for want of a slot: poll again as soon as one frees."""
         self._backlog = True
 
-    def unreserve(self, endpoint_id: uuid.UUID) -> None:
-        left = self._busy[endpoint_id] - 1
-        if left:
-            self._busy[endpoint_id] = left
-        else:
-            del self._busy[endpoint_id]
+    def unreserve(self, endpoint: Endpoint) -> None:
+        _take_one(self._busy, endpoint.id)
+        _take_one(self._busy_users, endpoint.owner)
         self._in_flight -= 1
         # With deliveries left due, claim again once a quarter of the slots are free: a claim
         # per freed slot would cost a query per delivery.
         if self._backlog and self._max - self._in_flight >= self._claim_at:
             self._wake.set()
-        elif endpoint_id in self._passed_over:
-            self._passed_over.discard(endpoint_id)
+        elif endpoint.id in self._passed_over or endpoint.owner in self._passed_over:
+            self._passed_over.clear()
             self._wake.set()
 
     # --- sending -----------------------------------------------------------------------------
@@ -122,7 +129,7 @@ class Dispatcher:
         finally:
             for delivery in deliveries:
                 if delivery.id not in started:
-                    self.unreserve(delivery.endpoint.id)
+                    self.unreserve(delivery.endpoint)
 
     def _spawn(self, delivery: Delivery, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -130,7 +137,7 @@ class Dispatcher:
 
         def done(_: asyncio.Task[None]) -> None:
             self._sending.pop(delivery.id, None)
-            self.unreserve(delivery.endpoint.id)
+            self.unreserve(delivery.endpoint)
 
         task.add_done_callback(done)
 
@@ -287,7 +294,15 @@ class Dispatcher:
             self._backlog = True
             return 0
         self._passed_over = {e for e, n in self._busy.items() if n >= self._per_endpoint}
-        claimed = await self._store.claim(room, self._per_endpoint, self._busy, self.lease_seconds)
+        self._passed_over.update(u for u, n in self._busy_users.items() if n >= self._per_user)
+        claimed = await self._store.claim(
+            room,
+            self._per_endpoint,
+            self._per_user,
+            self._busy,
+            self._busy_users,
+            self.lease_seconds,
+        )
         # More may be due (the claim was bounded by the room, per endpoint too): claim again as
         # slots free. Nothing claimed: nothing due that may go now, until the next poll.
         self._backlog = bool(claimed)
@@ -296,7 +311,7 @@ class Dispatcher:
         for delivery in claimed:
             if delivery.id in self._sending:
                 continue  # still being sent here: the claim just renewed its lease
-            if self.reserve(delivery.endpoint.id):
+            if self.reserve(delivery.endpoint):
                 take.append(delivery)
             else:  # the fan-out took the slot meanwhile
                 give_back.append(delivery.id)
@@ -327,6 +342,14 @@ class Dispatcher:
                     await self._store.release(unsent)
                 except Exception as exc:
                     log.warning("giving back deliveries failed (their claims lapse): %r", exc)
+
+
+def _take_one(counts: dict[_K, int], key: _K) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _not_sent(error: str) -> Answer:

@@ -163,7 +163,7 @@ class Fanout:
         reserved: list[bool] = []
         try:
             matches = await self._store.match(events)
-            reserved = [self._dispatcher.reserve(m.endpoint.id) for m in matches]
+            reserved = [self._dispatcher.reserve(m.endpoint) for m in matches]
             if not all(reserved):
                 self._dispatcher.note_backlog()
             inserted = await self._store.insert(
@@ -173,7 +173,7 @@ class Fanout:
             # (reserved is empty when the match itself failed)
             for match, mine in zip(matches, reserved, strict=False):
                 if mine:
-                    self._dispatcher.unreserve(match.endpoint.id)
+                    self._dispatcher.unreserve(match.endpoint)
             log.warning("recording deliveries failed: %r; the events come again", exc)
             for msg in taken:
                 with contextlib.suppress(Exception):
@@ -187,7 +187,7 @@ class Fanout:
                 continue
             delivery_id = inserted.get(i)
             if delivery_id is None:  # it existed already: whoever inserted it sends it
-                self._dispatcher.unreserve(match.endpoint.id)
+                self._dispatcher.unreserve(match.endpoint)
                 continue
             event = events[match.index]
             now.append(

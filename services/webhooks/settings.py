@@ -58,6 +58,7 @@ class WebhookSettings:
     disable_after_seconds: float  # failing this long without a success disables an endpoint
     max_in_flight: int
     max_in_flight_per_endpoint: int
+    max_in_flight_per_user: int  # one owner's endpoints together, one-off job webhooks included
     response_max_bytes: int  # the most of a response body read (kept as the attempt's head)
     poll_seconds: float  # how often due deliveries (retries, lapsed claims) are looked for
 
@@ -95,6 +96,9 @@ class WebhookSettings:
             max_in_flight=max_in_flight,
             max_in_flight_per_endpoint=min(
                 max_in_flight, env_int("WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", 4, minimum=1)
+            ),
+            max_in_flight_per_user=min(
+                max_in_flight, env_int("WEBHOOK_MAX_IN_FLIGHT_PER_USER", 16, minimum=1)
             ),
             response_max_bytes=env_int("WEBHOOK_RESPONSE_MAX_BYTES", 1024, minimum=0),
             poll_seconds=env_positive("WEBHOOK_POLL_SECONDS", 1.0),

@@ -530,6 +530,7 @@ def test_webhook_sender_starts_with_the_designed_settings(
     assert settings.timeout_seconds == 15
     assert settings.disable_after_seconds == 5 * 86400
     assert (settings.max_in_flight, settings.max_in_flight_per_endpoint) == (64, 4)
+    assert settings.max_in_flight_per_user == 16
     assert settings.response_max_bytes == 1024
     assert settings.poll_seconds == 1.0
     # An attempt in flight at SIGTERM ends before the grace does.

@@ -191,6 +191,7 @@ def settings_for(
         "disable_after_seconds": 3600.0,
         "max_in_flight": 16,
         "max_in_flight_per_endpoint": 2,
+        "max_in_flight_per_user": 4,
         "response_max_bytes": HEAD_BYTES,
         "poll_seconds": 0.1,
     }
@@ -518,6 +519,26 @@ async def test_a_hanging_endpoint_does_not_delay_another(rig: Rig) -> None:
     finally:
         release.set()
     await rig.receiver.wait_for("/hanging", 5)
+
+
+async def test_one_users_hanging_endpoints_do_not_hold_back_another_user(rig: Rig) -> None:
+    # Eight endpoints of two slots each could hold all sixteen slots (WEBHOOK_MAX_IN_FLIGHT);
+    # the user's own limit (WEBHOOK_MAX_IN_FLIGHT_PER_USER, 4 here) leaves the rest to others.
+    greedy, other = f"greedy-{uuid7()}", f"other-{uuid7()}"
+    release = rig.receiver.hold("/greedy")
+    try:
+        for _ in range(8):
+            await rig.endpoint(greedy, "/greedy")
+        for _ in range(2):
+            await rig.publish(greedy, a_job(), "job.failed")  # 16 deliveries
+        await rig.receiver.wait_for("/greedy", 4)
+        await rig.endpoint(other, "/other")
+        await rig.publish(other, a_job(), "job.failed")
+        await rig.receiver.wait_for("/other", 1)
+        assert len(rig.receiver.at("/greedy")) == 4  # held: the user's four slots, no more
+    finally:
+        release.set()
+    await rig.receiver.wait_for("/greedy", 16)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])

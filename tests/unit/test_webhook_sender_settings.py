@@ -21,6 +21,7 @@ NAMES = (
     "WEBHOOK_DISABLE_AFTER_SECONDS",
     "WEBHOOK_MAX_IN_FLIGHT",
     "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT",
+    "WEBHOOK_MAX_IN_FLIGHT_PER_USER",
     "WEBHOOK_RESPONSE_MAX_BYTES",
     "WEBHOOK_POLL_SECONDS",
 )
@@ -42,6 +43,7 @@ def test_defaults() -> None:
     assert settings.timeout_seconds == 15
     assert settings.disable_after_seconds == 432000
     assert (settings.max_in_flight, settings.max_in_flight_per_endpoint) == (64, 4)
+    assert settings.max_in_flight_per_user == 16
     assert settings.response_max_bytes == 1024
     assert settings.poll_seconds == 1.0
     assert not settings.url_policy.allow_http and not settings.url_policy.allow_private
