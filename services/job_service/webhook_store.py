@@ -219,7 +219,11 @@ class WebhookStore:
         if state:
             query = query.where(webhook_deliveries.c.state == state)
         query = query.order_by(webhook_deliveries.c.id.desc()).limit(limit)
+        # One snapshot for the deliveries and their attempts: under READ COMMITTED each statement
+        # has its own, and an attempt recorded between the two read as a PENDING delivery with a
+        # 2xx attempt.
         with self._engine.connect() as conn:
+            conn.execution_options(isolation_level="REPEATABLE READ")
             if (
                 conn.execute(
                     select(webhook_endpoints.c.id).where(_mine(owner, endpoint_id))
