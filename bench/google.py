@@ -108,12 +108,17 @@ async def _run_jobs(
     # 1024x1024 PNG is what the model renders: the worker stores the fake's bytes unchanged, so
     # the figure is about waiting on the API, not about re-encoding.
     params = job_pb2.ImageParams(prompt="bench", size="1024x1024", format=job_pb2.IMAGE_FORMAT_PNG)
-    created = await asyncio.gather(
-        *(
-            jobs.CreateJob(job_service_pb2.CreateJobRequest(image=params), metadata=md)
-            for _ in range(count)
-        )
-    )
+    # Within job_service's cap on calls at once (32 per listener, answered RESOURCE_EXHAUSTED
+    # beyond it), which 48 creates at once overran on a busy machine.
+    slots = asyncio.Semaphore(16)
+
+    async def create() -> job_service_pb2.CreateJobResponse:
+        async with slots:
+            request = job_service_pb2.CreateJobRequest(image=params)
+            response: job_service_pb2.CreateJobResponse = await jobs.CreateJob(request, metadata=md)
+            return response
+
+    created = await asyncio.gather(*(create() for _ in range(count)))
     ids = {response.job.id for response in created}
     # The user has no other jobs in flight: done once none of theirs is queued or running
     # (polled: job_service is another process, and polling costs the worker nothing).

@@ -1,7 +1,8 @@
-"""Sending deliveries: at most WEBHOOK_MAX_IN_FLIGHT at once, WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per
-endpoint and WEBHOOK_MAX_IN_FLIGHT_PER_USER per user, so a slow receiver holds its own slots only,
-and one user's receivers (however many endpoints and one-off job webhooks they have) never hold
-another user's deliveries back.
+"""Sending deliveries: at most WEBHOOK_MAX_IN_FLIGHT attempts at once (sending or being
+recorded), and at most WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT open requests per endpoint and
+WEBHOOK_MAX_IN_FLIGHT_PER_USER per user, so a slow receiver holds its own slots only, and one
+user's receivers (however many endpoints and one-off job webhooks they have) never hold another
+user's deliveries back.
 
 A delivery is sent only once a slot is reserved for it: the fan-out reserves before it inserts
 (what finds no slot is inserted due now, for the poll), and the poll claims no more than the
@@ -64,6 +65,7 @@ class Dispatcher:
         self._busy_users: dict[str, int] = {}  # and per owner
         self._in_flight = 0
         self._sending: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._requesting: set[uuid.UUID] = set()  # of those, the ones whose request is open
         self._batches: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False  # deliveries may be due beyond the free slots
@@ -97,15 +99,23 @@ class Dispatcher:
         self._backlog = True
 
     def unreserve(self, endpoint: Endpoint) -> None:
+        self._release_receiver(endpoint)
+        self._release_slot()
+
+    def _release_receiver(self, endpoint: Endpoint) -> None:
+        """The endpoint's and its user's share of a slot: held while the request is open."""
         _take_one(self._busy, endpoint.id)
         _take_one(self._busy_users, endpoint.owner)
+        if endpoint.id in self._passed_over or endpoint.owner in self._passed_over:
+            self._passed_over.clear()
+            self._wake.set()
+
+    def _release_slot(self) -> None:
+        """The overall share: held until the attempt is recorded."""
         self._in_flight -= 1
         # With deliveries left due, claim again once a quarter of the slots are free: a claim
         # per freed slot would cost a query per delivery.
         if self._backlog and self._max - self._in_flight >= self._claim_at:
-            self._wake.set()
-        elif endpoint.id in self._passed_over or endpoint.owner in self._passed_over:
-            self._passed_over.clear()
             self._wake.set()
 
     # --- sending -----------------------------------------------------------------------------
@@ -134,12 +144,22 @@ class Dispatcher:
     def _spawn(self, delivery: Delivery, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._sending[delivery.id] = task
+        self._requesting.add(delivery.id)
 
         def done(_: asyncio.Task[None]) -> None:
             self._sending.pop(delivery.id, None)
-            self.unreserve(delivery.endpoint)
+            self._answered(delivery)  # if it ended before its answer (a stop)
+            self._release_slot()
 
         task.add_done_callback(done)
+
+    def _answered(self, delivery: Delivery) -> None:
+        """The request is over: its endpoint's and user's slot frees now, before the attempt is
+        recorded, so that those limits bound open requests and recording does not slow a user
+        down (recording is bounded by the overall limit)."""
+        if delivery.id in self._requesting:
+            self._requesting.discard(delivery.id)
+            self._release_receiver(delivery.endpoint)
 
     async def _read(self, job_ids: list[str]) -> dict[str, job_pb2.Job] | None:
         """The succeeded jobs with fresh output URLs (None: the read failed)."""
@@ -161,6 +181,7 @@ class Dispatcher:
     ) -> None:
         started_at = datetime.now(UTC)
         answer = await self._attempt(delivery, event, fresh)
+        self._answered(delivery)
         try:
             attempt = Attempt(
                 delivery,
