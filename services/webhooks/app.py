@@ -21,6 +21,7 @@ from services.webhooks.delivery_store import DatabaseProbe, DeliveryStore
 from services.webhooks.dispatcher import Dispatcher
 from services.webhooks.fanout import Fanout, ensure_consumer
 from services.webhooks.http import Sender
+from services.webhooks.recorder import Recorder
 from services.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class WebhookSender:
             timeout_seconds=settings.job_read_timeout_seconds,
             concurrency=READ_CONCURRENCY,
         )
-        self.dispatcher = Dispatcher(self.store, self.sender, reader, settings)
+        recorder = Recorder(self.store.engine, self.store.bulkhead)
+        self.dispatcher = Dispatcher(self.store, recorder, self.sender, reader, settings)
         self.nc: Client | None = None
         self._fanout: Fanout | None = None
         self._gauges: asyncio.Task[None] | None = None

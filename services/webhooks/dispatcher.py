@@ -25,9 +25,10 @@ from media.v1 import events_pb2, job_pb2
 from services.common import lifecycle, webhook_signing
 from services.common.job_reader import JobReader
 from services.webhooks import metrics, outcome, payload
-from services.webhooks.delivery_store import Attempt, Delivery, DeliveryStore, Endpoint
+from services.webhooks.delivery_store import Delivery, DeliveryStore, Endpoint
 from services.webhooks.http import Answer, Sender
 from services.webhooks.outcome import Decision, Result, Schedule
+from services.webhooks.recorder import Attempt, Recorder
 from services.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Dispatcher:
     def __init__(
         self,
         store: DeliveryStore,
+        recorder: Recorder,
         sender: Sender,
         reader: JobReader,
         settings: WebhookSettings,
@@ -50,6 +52,7 @@ class Dispatcher:
         spread: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
     ) -> None:
         self._store = store
+        self._recorder = recorder
         self._sender = sender
         self._reader = reader
         self._schedule = Schedule(settings.retry_schedule, settings.retry_jitter)
@@ -190,7 +193,7 @@ class Dispatcher:
                 round(answer.seconds * 1000),
                 answer.response_head,
             )
-            recorded = await self._store.record(attempt, self._decide)
+            recorded = await self._recorder.record(attempt, self._decide)
         except Exception as exc:
             # Its claim lapses and it is sent again, with the same webhook-id.
             log.warning(
