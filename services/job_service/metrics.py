@@ -43,6 +43,12 @@ CONSUMER_PENDING = Gauge(
     "yet acknowledged.",
     ["kind"],
 )
+# Sampled here rather than by the sender, so that it still reads when no sender runs.
+WEBHOOK_EVENTS_PENDING = Gauge(
+    "media_webhook_events_pending",
+    "Events of MEDIA_EVENTS the webhook sender's consumer has not yet fanned out into deliveries "
+    "(not delivered plus not acknowledged).",
+)
 OUTBOX_PENDING = Gauge("media_outbox_pending", "Outbox rows not yet published to JetStream.")
 OUTBOX_LAG = Gauge(
     "media_outbox_lag_seconds",

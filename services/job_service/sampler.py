@@ -163,6 +163,16 @@ class Sampler:
                 continue
             pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
             metrics.CONSUMER_PENDING.labels(kind).set(pending)
+        try:
+            info = await self._js.consumer_info(
+                jetstream.EVENTS_STREAM, jetstream.WEBHOOKS_CONSUMER, timeout=2
+            )
+        except Exception as exc:
+            # None until a webhook sender has started once.
+            log.debug("consumer info for webhooks unavailable: %s", exc)
+            return
+        pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        metrics.WEBHOOK_EVENTS_PENDING.set(pending)
 
     async def _in_thread(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         return await self._thread.run(fn, *args)

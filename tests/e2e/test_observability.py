@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -340,3 +341,28 @@ async def test_readiness_follows_nats_and_liveness_stays(own_stack: OwnStack) ->
     await eventually(lambda: readiness_is(not_serving), "NOT_SERVING without NATS")
     await asyncio.to_thread(own_stack.deps.start_nats)
     await eventually(lambda: readiness_is(serving), "SERVING again once NATS is back")
+
+
+async def test_job_service_counts_the_events_the_webhook_sender_has_not_read(
+    clients, stack
+) -> None:
+    # Read by job_service, so it shows exactly when no sender reads: here, one frozen.
+    sender = stack.webhooks
+    assert sender is not None and sender.pid is not None
+    job_service = stack.metrics_addrs["job_service"]
+
+    def pending() -> float:
+        return scrape(job_service).get(("media_webhook_events_pending", frozenset()), -1.0)
+
+    os.kill(sender.pid, signal.SIGSTOP)
+    try:
+        job = await create(
+            clients, clients.alice, image=job_pb2.ImageParams(prompt="unread", size="256x256")
+        )
+        await eventually(
+            lambda: asyncio.to_thread(lambda: pending() >= 1), "the sender's backlog is counted"
+        )
+    finally:
+        os.kill(sender.pid, signal.SIGCONT)
+    await wait_terminal(clients, clients.alice, job.id)
+    await eventually(lambda: asyncio.to_thread(lambda: pending() == 0), "the sender catches up")
