@@ -213,10 +213,10 @@ def _signed(secret: str, msg_id: str, body: bytes) -> dict[str, str]:
     }
 
 
-async def test_listen_prints_a_signed_event_and_refuses_a_forged_one() -> None:
-    secret = new_secret()
+async def _listen(secret: str, port: int = 0) -> tuple[asyncio.subprocess.Process, str]:
+    """`mediactl webhooks listen` started, and the base URL its banner gives."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.mediactl", "webhooks", "listen", "--port", "0",
+        sys.executable, "-m", "services.mediactl", "webhooks", "listen", "--port", str(port),
         cwd=REPO_ROOT,
         env=_env(MEDIACTL_WEBHOOK_SECRET=secret),
         stdin=asyncio.subprocess.DEVNULL,
@@ -224,11 +224,18 @@ async def test_listen_prints_a_signed_event_and_refuses_a_forged_one() -> None:
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
+    banner = (await asyncio.wait_for(proc.stderr.readline(), WAIT_SECONDS)).decode()
+    found = re.match(r"listening on (http://127\.0\.0\.1:(\d+)/) ", banner)
+    assert found and (not port or found[2] == str(port)), banner
+    return proc, found[1]
+
+
+async def test_listen_prints_a_signed_event_and_refuses_a_forged_one() -> None:
+    secret = new_secret()
+    proc, base = await _listen(secret)
+    assert proc.stdout is not None and proc.stderr is not None
     try:
-        banner = (await asyncio.wait_for(proc.stderr.readline(), WAIT_SECONDS)).decode()
-        found = re.match(r"listening on (http://127\.0\.0\.1:\d+/) ", banner)
-        assert found, banner
-        url = found[1] + "hooks/media"
+        url = base + "hooks/media"
         job = {
             "id": "01935f3e-7a00-7000-8000-0000000000aa",
             "kind": "MEDIA_KIND_IMAGE",
@@ -271,21 +278,6 @@ async def test_listen_prints_a_signed_event_and_refuses_a_forged_one() -> None:
 # --- the README's "Try it in a minute", end to end ----------------------------------------------
 
 
-async def _listen(port: int, secret: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.mediactl", "webhooks", "listen", "--port", str(port),
-        cwd=REPO_ROOT,
-        env=_env(MEDIACTL_WEBHOOK_SECRET=secret),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    banner = (await asyncio.wait_for(proc.stderr.readline(), WAIT_SECONDS)).decode()
-    assert banner.startswith(f"listening on http://127.0.0.1:{port}/ "), banner
-    return proc
-
-
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGINT)
@@ -309,7 +301,7 @@ async def test_the_readme_walkthrough_from_the_sender_to_listen(
     assert added.code == EXIT_OK, added.err
     endpoint_id, secret = _field(added, "endpoint"), _field(added, "secret")
 
-    listener = await _listen(port, secret)
+    listener, _ = await _listen(secret, port)
     try:
         created = await mediactl(
             stack, token, "create", "image", "--prompt", PROMPT, "--size", "256x256"
@@ -356,7 +348,7 @@ async def test_the_readme_walkthrough_from_the_sender_to_listen(
     assert shown.code == EXIT_OK, shown.err
     assert delivery.id in shown.out and "connection failed: connection refused" in shown.out
 
-    listener = await _listen(port, secret)
+    listener, _ = await _listen(secret, port)
     try:
         again = await mediactl(stack, token, "webhooks", "redeliver", endpoint_id, delivery.id)
         assert again.code == EXIT_OK, again.err
