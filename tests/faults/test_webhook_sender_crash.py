@@ -1,14 +1,19 @@
-"""A webhook sender killed (SIGKILL) while a receiver holds its request: the delivery is sent
-again after a restart, once its claim lapses, with the same webhook-id.
+"""The webhook sender under faults; nothing is lost, and a receiver dedupes by webhook-id.
 
-The attempt cut short was never recorded (the process died before it could), so the delivery's
-history shows the one attempt that got an answer; the receiver saw both requests, as at-least-once
-delivery allows, and deduplicates them by their webhook-id.
+- Killed (SIGKILL) while a receiver holds its request: the delivery is sent again after a
+  restart, once its claim lapses, with the same webhook-id. The attempt cut short was never
+  recorded (the process died before it could), so the delivery's history shows the one attempt
+  that got an answer; the receiver saw both requests, as at-least-once delivery allows.
+- A NATS restart: events wait in job_service's outbox, then reach every endpoint.
+- Postgres down when the sender reads events: it cannot record their deliveries, hands the
+  events back, and delivers them once Postgres is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -75,4 +80,62 @@ async def test_a_sender_killed_mid_delivery_delivers_after_a_restart(fault: Faul
         assert len(receiver.at("/held")) == 2
     finally:
         release.set()
+        await receiver.stop()
+
+
+async def _endpoint(fault: FaultStack, receiver: Receiver, path: str) -> str:
+    webhooks = webhook_service_pb2_grpc.WebhookServiceStub(fault.clients.job_channel)
+    created = await webhooks.CreateWebhookEndpoint(
+        webhook_service_pb2.CreateWebhookEndpointRequest(
+            url=receiver.url(path), event_types=["job.succeeded"]
+        ),
+        metadata=fault.user,
+    )
+    return created.secret
+
+
+async def _arrived(receiver: Receiver, path: str, secret: str, job_ids: set[str]) -> None:
+    """Each job's success arrives, signed; none twice, none else."""
+    received = await receiver.wait_for(path, len(job_ids), WAIT_SECONDS)
+    assert sorted(r.verify(secret)["data"]["id"] for r in received) == sorted(job_ids)
+
+
+async def test_no_webhook_is_lost_across_a_nats_restart(fault: FaultStack) -> None:
+    receiver = await Receiver().start()
+    try:
+        secret = await _endpoint(fault, receiver, "/nats")
+        await fault.spawn(fault.deps.stop_nats)
+        try:
+            # The events wait in job_service's outbox.
+            during = [await fault.create(image=SMALL_IMAGE) for _ in range(2)]
+        finally:
+            await fault.spawn(fault.deps.start_nats)
+        after = [await fault.create(image=SMALL_IMAGE) for _ in range(2)]
+        await _arrived(receiver, "/nats", secret, {job.id for job in [*during, *after]})
+    finally:
+        await receiver.stop()
+
+
+async def test_a_database_outage_at_the_sender_loses_no_event(fault: FaultStack) -> None:
+    sender = fault.services.webhooks
+    assert sender is not None and sender.pid is not None
+    receiver = await Receiver().start()
+    try:
+        secret = await _endpoint(fault, receiver, "/postgres")
+        os.kill(sender.pid, signal.SIGSTOP)  # the events wait for it in MEDIA_EVENTS
+        try:
+            jobs = [await fault.create(image=SMALL_IMAGE) for _ in range(3)]
+            for job in jobs:
+                assert (await fault.wait_terminal(job.id)).status == SUCCEEDED
+            await fault.spawn(fault.deps.stop_postgres)
+        finally:
+            os.kill(sender.pid, signal.SIGCONT)
+        try:
+            # It reads the events and cannot record their deliveries: they are handed back.
+            await asyncio.sleep(2)
+            assert receiver.at("/postgres") == []
+        finally:
+            await fault.spawn(fault.deps.start_postgres)
+        await _arrived(receiver, "/postgres", secret, {job.id for job in jobs})
+    finally:
         await receiver.stop()
