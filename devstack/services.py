@@ -27,6 +27,7 @@ from devstack.procs import (
 from devstack.state import REPO_ROOT
 from services.common.auth import NOTIFIER_ROLE, WEBHOOKS_ROLE, WORKER_ROLE, mint_token
 from services.common.config import TlsSettings
+from services.common.sealing import Sealer
 from services.common.tls import sync_channel
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,9 @@ def service_env(
     # Webhook receivers of a local stack (and of the tests) listen on loopback, over http.
     env.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
     env.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+    # The key webhook secrets are sealed with, shared by job_service and the sender (a stack's
+    # database starts empty, so a new key per stack loses nothing).
+    env.setdefault("WEBHOOK_SECRETS_KEYS", Sealer.new_key())
     env.update(extra_env or {})
     return env
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from services.common.sealing import Sealer
 from services.common.webhook_urls import UrlPolicy
 
 _T = TypeVar("_T")
@@ -101,6 +102,25 @@ def webhook_url_policy() -> UrlPolicy:
         allow_http=env_bool("WEBHOOK_ALLOW_HTTP", False),
         allow_private=env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False),
     )
+
+
+def webhook_sealer() -> Sealer:
+    """WEBHOOK_SECRETS_KEYS: the keys webhook signing secrets are sealed with at rest (comma-
+    separated Fernet keys, the sealing one first). job_service seals with them and the sender
+    opens with them, so both read the same setting."""
+    keys = env_list("WEBHOOK_SECRETS_KEYS", ())
+    if not keys:
+        raise SettingsError(
+            "WEBHOOK_SECRETS_KEYS is required: one or more Fernet keys, comma-separated "
+            "(make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')"
+        )
+    try:
+        return Sealer(keys)
+    except ValueError:
+        raise SettingsError(
+            "WEBHOOK_SECRETS_KEYS must hold Fernet keys (32 url-safe base64-encoded bytes each)"
+        ) from None
 
 
 def max_input_image_bytes() -> int:

@@ -51,11 +51,11 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         signer: UrlSigner,
         limits: Limits,
         inputs: InputImages,
+        webhooks: WebhookSettings,
         rate_budget: SharedBudget | None = None,  # None: each replica limits on its own
-        webhooks: WebhookSettings | None = None,  # None: the defaults (https, public addresses)
     ) -> None:
         self._store = store
-        self._webhooks = webhooks or WebhookSettings()
+        self._webhooks = webhooks
         self._verifier = verifier
         self._signer = signer
         self._limits = limits
@@ -179,12 +179,14 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         if not request.HasField("webhook"):
             return None
         valid = await webhook_validation.job_webhook(request.webhook, self._webhooks.url_policy)
+        secret = webhook_signing.new_secret()
         return NewEndpoint(
             id=uuid7(),
             owner=owner,
             url=valid.target.url,
             event_types=valid.event_types,
-            secret=webhook_signing.new_secret(),
+            secret=secret,
+            sealed_secret=self._webhooks.sealer.seal(secret),
             job_id=job_id,
         )
 

@@ -18,8 +18,10 @@ from services.common.config import (
     env_required,
     env_str,
     max_input_image_bytes,
+    webhook_sealer,
     webhook_url_policy,
 )
+from services.common.sealing import Sealer
 from services.common.webhook_urls import UrlPolicy
 
 IMAGE_MODELS = (
@@ -170,8 +172,10 @@ class SweepSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """WebhookService's: where endpoints may point, secret rotation, the cap per user."""
+    """WebhookService's: how secrets are sealed at rest, where endpoints may point, secret
+    rotation, the cap per user."""
 
+    sealer: Sealer  # WEBHOOK_SECRETS_KEYS
     # WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOW_PRIVATE_NETWORKS
     url_policy: UrlPolicy = field(default_factory=UrlPolicy)
     secret_overlap_seconds: int = WEBHOOK_SECRET_OVERLAP_SECONDS
@@ -180,6 +184,7 @@ class WebhookSettings:
     @classmethod
     def from_env(cls) -> WebhookSettings:
         return cls(
+            sealer=webhook_sealer(),
             url_policy=webhook_url_policy(),
             secret_overlap_seconds=env_int(
                 "WEBHOOK_SECRET_OVERLAP_SECONDS", WEBHOOK_SECRET_OVERLAP_SECONDS, minimum=0
@@ -211,9 +216,9 @@ class JobServiceSettings:
     presign_ttl_seconds: int
     outbox_batch: int
     outbox_poll_seconds: float
+    webhooks: WebhookSettings
     metrics_sample_seconds: float = 5.0
     sweep: SweepSettings = SweepSettings()
-    webhooks: WebhookSettings = WebhookSettings()
     # WorkerService on a listener of its own, so that the network can keep clients off it;
     # empty: it is served on LISTEN_ADDR beside JobService (a minimal local setup).
     worker_listen_addr: str = ""

@@ -44,7 +44,8 @@ class NewEndpoint:
     owner: str
     url: str
     event_types: tuple[str, ...]
-    secret: str
+    secret: str  # for the caller's answer, once
+    sealed_secret: str  # what is stored (services/common/sealing.py)
     kinds: tuple[int, ...] = ()
     description: str = ""
     job_id: uuid.UUID | None = None  # a one-off endpoint of this job
@@ -83,7 +84,7 @@ def _values(new: NewEndpoint) -> dict[str, object]:
         "event_types": list(new.event_types),
         "kinds": list(new.kinds),
         "description": new.description,
-        "secret": new.secret,
+        "secret": new.sealed_secret,
         "job_id": new.job_id,
     }
 
@@ -185,7 +186,8 @@ class WebhookStore:
     def rotate(
         self, owner: str, endpoint_id: uuid.UUID, secret: str
     ) -> webhook_service_pb2.WebhookEndpoint | None:
-        """`secret` signs from now on; the one it replaces also signs for the overlap."""
+        """`secret` (sealed) signs from now on; the one it replaces also signs for the
+        overlap."""
         with self._engine.begin() as conn:
             row = conn.execute(
                 update(webhook_endpoints)

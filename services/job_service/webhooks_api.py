@@ -60,6 +60,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
             url=valid.target.url,
             event_types=valid.event_types,
             secret=secret,
+            sealed_secret=self._settings.sealer.seal(secret),
             kinds=valid.kinds,
             description=valid.description,
         )
@@ -134,7 +135,8 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         owner = await self._owner(context)
         endpoint_id = webhook_validation.endpoint_id(request.endpoint_id)
         secret = webhook_signing.new_secret()
-        endpoint = await call(self._store.rotate, owner, endpoint_id, secret)
+        sealed = self._settings.sealer.seal(secret)
+        endpoint = await call(self._store.rotate, owner, endpoint_id, sealed)
         if endpoint is None:
             raise _no_endpoint(request.endpoint_id)
         log.info("webhook secret rotated", extra={"endpoint_id": endpoint.id})

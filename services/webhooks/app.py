@@ -36,7 +36,10 @@ class WebhookSender:
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
         self.store = DeliveryStore.open(
-            settings.database_url, settings.db_pool_size, settings.db_call_timeout_seconds
+            settings.database_url,
+            settings.db_pool_size,
+            settings.db_call_timeout_seconds,
+            settings.sealer,
         )
         self.probe = DatabaseProbe(settings.database_url, settings.db_call_timeout_seconds)
         self._channel = job_service_channel(

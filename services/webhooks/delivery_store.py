@@ -11,6 +11,7 @@ lease lapses, to be sent by any replica with the same id (the webhook-id).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,12 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.common.bulkhead import Bulkhead
 from services.common.ids import uuid7
+from services.common.sealing import Sealer, Unsealable
 from services.job_service.database import make_engine
 from services.job_service.schema import webhook_deliveries
 from services.webhooks import outcome
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -150,14 +154,30 @@ _GAUGES = text(
 )
 
 
-def _secrets(secret: str, previous: str | None) -> tuple[str, ...]:
-    return (secret, previous) if previous else (secret,)
+def _secrets(sealer: Sealer, secret: str, previous: str | None) -> tuple[str, ...]:
+    """The endpoint's signing secrets, opened: none when no configured key opens the current
+    one (the attempt then fails without a request, and says why); a previous one that no key
+    opens any more is left out."""
+    try:
+        current = sealer.open(secret)
+    except Unsealable as exc:
+        log.error("a webhook endpoint's secret cannot be opened: %s", exc)
+        return ()
+    if previous:
+        try:
+            return current, sealer.open(previous)
+        except Unsealable:
+            log.warning(
+                "a webhook endpoint's previous secret cannot be opened; not signing with it"
+            )
+    return (current,)
 
 
 class DeliveryStore:
-    def __init__(self, engine: Engine, bulkhead: Bulkhead) -> None:
+    def __init__(self, engine: Engine, bulkhead: Bulkhead, sealer: Sealer) -> None:
         self._engine = engine
         self._bulkhead = bulkhead
+        self._sealer = sealer
 
     @property
     def engine(self) -> Engine:
@@ -168,14 +188,16 @@ class DeliveryStore:
         return self._bulkhead
 
     @classmethod
-    def open(cls, database_url: str, pool_size: int, call_timeout_seconds: float) -> DeliveryStore:
+    def open(
+        cls, database_url: str, pool_size: int, call_timeout_seconds: float, sealer: Sealer
+    ) -> DeliveryStore:
         engine = make_engine(
             database_url,
             pool_size,
             statement_timeout_seconds=call_timeout_seconds,
             application_name="webhooks",
         )
-        return cls(engine, Bulkhead("sql", pool_size, call_timeout_seconds))
+        return cls(engine, Bulkhead("sql", pool_size, call_timeout_seconds), sealer)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._bulkhead.run(fn, *args, **kwargs)
@@ -200,7 +222,8 @@ class DeliveryStore:
         with self._engine.connect() as conn:
             rows = conn.execute(_MATCH, params).all()
         return [
-            Match(int(r[0]) - 1, Endpoint(r[1], r[2], r[3], _secrets(r[4], r[5]))) for r in rows
+            Match(int(r[0]) - 1, Endpoint(r[1], r[2], r[3], _secrets(self._sealer, r[4], r[5])))
+            for r in rows
         ]
 
     async def insert(
@@ -300,7 +323,9 @@ class DeliveryStore:
                 event=bytes(r[2]),
                 attempts=r[3],
                 manual=r[4],
-                endpoint=Endpoint(r[5], r[6], r[7], _secrets(r[8], r[9]), enabled=r[10]),
+                endpoint=Endpoint(
+                    r[5], r[6], r[7], _secrets(self._sealer, r[8], r[9]), enabled=r[10]
+                ),
                 last_status=r[11],
                 last_error=r[12] or "",
             )

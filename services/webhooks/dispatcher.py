@@ -38,6 +38,7 @@ _K = TypeVar("_K")
 READ_BATCH = 500  # job_service's ReadJobs takes at most 500 IDs
 READ_FAILED = "could not read the job's output URLs from the job service"
 NO_SUCH_JOB = "the job service does not know the job"
+SECRET_UNSEALABLE = "the endpoint's signing secret cannot be opened: see WEBHOOK_SECRETS_KEYS"
 
 
 class Dispatcher:
@@ -219,6 +220,8 @@ class Dispatcher:
     ) -> Answer:
         if not delivery.endpoint.enabled:
             return _not_sent(outcome.ENDPOINT_DISABLED)
+        if not delivery.endpoint.secrets:
+            return _not_sent(SECRET_UNSEALABLE)
         job = event.job
         if job.status == lifecycle.SUCCEEDED:
             if fresh is None:

@@ -12,8 +12,10 @@ from services.common.config import (
     env_positive,
     env_required,
     env_str,
+    webhook_sealer,
     webhook_url_policy,
 )
+from services.common.sealing import Sealer
 from services.common.webhook_urls import UrlPolicy
 
 DEFAULT_PORT = 50055
@@ -52,6 +54,7 @@ class WebhookSettings:
     token: str  # the sender's credential for JobReaderService: a JWT with roles ["webhooks"]
     server: ServerSettings
     url_policy: UrlPolicy  # WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOW_PRIVATE_NETWORKS
+    sealer: Sealer  # WEBHOOK_SECRETS_KEYS: opens the endpoints' secrets
     timeout_seconds: float  # one HTTP attempt, connecting included
     retry_schedule: tuple[float, ...]  # the wait after each failed attempt; then it fails
     retry_jitter: float  # each wait is spread by +- this fraction
@@ -87,6 +90,7 @@ class WebhookSettings:
             token=env_required("WEBHOOKS_TOKEN", 'a JWT with roles ["webhooks"]'),
             server=ServerSettings.from_env(default_port=DEFAULT_PORT),
             url_policy=webhook_url_policy(),
+            sealer=webhook_sealer(),
             timeout_seconds=env_positive("WEBHOOK_TIMEOUT_SECONDS", 15.0),
             retry_schedule=parse_schedule(
                 "WEBHOOK_RETRY_SCHEDULE", env_str("WEBHOOK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE)

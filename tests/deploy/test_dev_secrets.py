@@ -14,6 +14,7 @@ import yaml
 
 from services.common.auth import WEBHOOKS_ROLE, TokenVerifier
 from services.common.config import AuthSettings
+from services.common.sealing import Sealer
 from tests.deploy.kube import K8S, containers, env_of, kubectl, render, workloads
 
 SCRIPT = K8S / "overlays" / "dev" / "secrets.sh"
@@ -57,6 +58,9 @@ def test_secret_values_fit_together_and_are_fresh() -> None:
     )
     assert verifier.verify(first["media-worker"]["WORKER_TOKEN"]).is_worker
     assert verifier.verify(first["media-webhooks"]["WEBHOOKS_TOKEN"]).roles == {WEBHOOKS_ROLE}
+    keys = first["media-webhook-keys"]["WEBHOOK_SECRETS_KEYS"]
+    assert Sealer([keys]).open(Sealer([keys]).seal("whsec_x")) == "whsec_x"  # a valid key
+    assert keys != second["media-webhook-keys"]["WEBHOOK_SECRETS_KEYS"]
     url = urlsplit(first["media-db"]["DATABASE_URL"])
     assert url.password == first["media-postgres"]["POSTGRES_PASSWORD"]
     assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/media")

@@ -18,6 +18,7 @@ import yaml
 from referencing import Registry, Resource
 
 from services.common import jetstream
+from services.common.sealing import Sealer
 from services.common.webhook_urls import UrlPolicy
 from services.webhooks.settings import WebhookSettings
 from tests.deploy import netpol
@@ -57,6 +58,7 @@ SECRET_NAMES = {
     "media-worker",
     "media-google",
     "media-webhooks",
+    "media-webhook-keys",
 }
 DEV_SECRET_NAMES = SECRET_NAMES | {"media-postgres"}
 SECRETISH = re.compile(
@@ -507,6 +509,9 @@ def test_webhook_sender_reads_jobs_and_shares_the_url_policy(overlay: str) -> No
     refs = secret_refs(sender)
     assert refs["WEBHOOKS_TOKEN"] == {"name": "media-webhooks", "key": "WEBHOOKS_TOKEN"}
     assert refs["DATABASE_URL"] == secret_refs(js)["DATABASE_URL"]
+    # The same keys seal (job_service) and open (the sender) the endpoints' secrets.
+    keys = {"name": "media-webhook-keys", "key": "WEBHOOK_SECRETS_KEYS"}
+    assert refs["WEBHOOK_SECRETS_KEYS"] == secret_refs(js)["WEBHOOK_SECRETS_KEYS"] == keys
     assert env["NATS_URL"] == js_env["NATS_URL"]
     for name in ("WEBHOOK_ALLOW_HTTP", "WEBHOOK_ALLOW_PRIVATE_NETWORKS"):
         assert env[name] == js_env[name] == "false", f"{overlay}: {name}"
@@ -523,6 +528,7 @@ def test_webhook_sender_starts_with_the_designed_settings(
     env = env_of(sender, objs)
     for name, value in env.items():
         monkeypatch.setenv(name, "from-a-secret" if value is None else value)
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", Sealer.new_key())  # a Secret's, of the right form
     settings = WebhookSettings.from_env()
     assert settings.url_policy == UrlPolicy(allow_http=False, allow_private=False)
     assert settings.retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)

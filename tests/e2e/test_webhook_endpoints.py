@@ -200,7 +200,7 @@ async def test_pages_of_endpoints(clients: Clients, hooks: WebhookServiceStub) -
 
 
 async def test_the_secret_is_shown_by_create_and_rotate_only(
-    clients: Clients, hooks: WebhookServiceStub, stack: Services
+    clients: Clients, hooks: WebhookServiceStub, stack: Services, deps: Dependencies
 ) -> None:
     who = someone(clients)
     created = await create(hooks, who)
@@ -231,10 +231,27 @@ async def test_the_secret_is_shown_by_create_and_rotate_only(
         ),
     ]
     log = await asyncio.to_thread(stack.job_service.log_path.read_text)
+    # At rest too: the row holds both secrets sealed (WEBHOOK_SECRETS_KEYS), neither as issued.
+    stored = await asyncio.to_thread(_stored_secrets, deps.database_url, endpoint_id)
+    assert len(stored) == 2 and all(s and not s.startswith("whsec_") for s in stored)
     for secret in (created.secret, rotated.secret):
         for answer in answers:
             assert secret.encode() not in answer.SerializeToString(), answer
         assert secret not in log
+        assert not any(secret in s for s in stored)
+
+
+def _stored_secrets(database_url: str, endpoint_id: str) -> tuple[str, str]:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT secret, previous_secret FROM webhook_endpoints WHERE id = :id"),
+                {"id": endpoint_id},
+            ).one()
+            return row[0], row[1]
+    finally:
+        engine.dispose()
 
 
 # --- bad requests -------------------------------------------------------------------------

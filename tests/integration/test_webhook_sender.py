@@ -29,12 +29,13 @@ from services.common import jetstream, webhook_signing
 from services.common.auth import WEBHOOKS_ROLE, mint_token
 from services.common.config import ServerSettings
 from services.common.ids import uuid7
+from services.common.sealing import Sealer
 from services.common.server import ServiceHost
 from services.common.webhook_urls import UrlPolicy
 from services.job_service import migrate
 from services.webhooks.app import WebhookSender
 from services.webhooks.delivery_store import Event, Match
-from services.webhooks.dispatcher import READ_FAILED
+from services.webhooks.dispatcher import READ_FAILED, SECRET_UNSEALABLE
 from services.webhooks.http import Sender
 from services.webhooks.settings import WebhookSettings
 from tests.receivers import Receiver
@@ -46,6 +47,7 @@ T = TypeVar("T")
 WAIT_SECONDS = 60.0  # hang guard only
 SECRET = "integration-secret-" + "x" * 20
 TOKEN = mint_token(SECRET, "webhooks", roles=(WEBHOOKS_ROLE,))
+SEALER = Sealer([Sealer.new_key()])  # secrets are stored sealed, as job_service stores them
 PENDING, SUCCEEDED, FAILED = 1, 2, 3
 HEAD_BYTES = 16
 
@@ -115,8 +117,8 @@ class Rig:
             types=list(event_types),
             kinds=list(kinds),
             job_id=uuid.UUID(job_id) if job_id else None,
-            secret=secret,
-            previous=previous[0] if previous else None,
+            secret=SEALER.seal(secret),
+            previous=SEALER.seal(previous[0]) if previous else None,
             expires=previous[1] if previous else None,
             enabled=enabled,
         )
@@ -185,6 +187,7 @@ def settings_for(
             shutdown_grace_seconds=2.0,
         ),
         "url_policy": UrlPolicy(allow_http=True, allow_private=True),
+        "sealer": SEALER,
         "timeout_seconds": 10.0,
         "retry_schedule": (0.2, 0.2),
         "retry_jitter": 0.1,
@@ -314,6 +317,25 @@ async def test_an_event_without_a_type_is_skipped(rig: Rig) -> None:
     [received] = await rig.receiver.wait_for("/untyped", 1)
     assert received.json()["data"]["id"] == typed.id
     assert len(await rig.deliveries(endpoint_id)) == 1
+
+
+async def test_a_secret_no_key_opens_fails_the_attempt_without_a_request(rig: Rig) -> None:
+    # Sealed under a key the sender does not have (WEBHOOK_SECRETS_KEYS changed without it).
+    owner = f"dave-{uuid7()}"
+    endpoint_id, _ = await rig.endpoint(owner, "/unopened")
+    foreign = Sealer([Sealer.new_key()]).seal(webhook_signing.new_secret())
+    await rig.sql(
+        "UPDATE webhook_endpoints SET secret = :s WHERE id = :id", s=foreign, id=endpoint_id
+    )
+    await rig.publish(owner, a_job(), "job.failed")
+
+    async def attempted() -> list[Any] | None:
+        found = await rig.deliveries(endpoint_id)
+        return (await rig.attempts(str(found[0].id))) or None if found else None
+
+    [attempt, *_] = await eventually(attempted, "an attempt")
+    assert (attempt.status_code, attempt.error) == (0, SECRET_UNSEALABLE)
+    assert rig.receiver.at("/unopened") == []
 
 
 async def test_an_event_inserted_twice_makes_one_delivery(rig: Rig) -> None:

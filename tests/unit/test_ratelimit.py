@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from services.common import jetstream
+from services.common.sealing import Sealer
 from services.job_service import settings as job_settings
 from services.job_service.ratelimit import (
     RateLimiter,
@@ -203,6 +204,7 @@ def test_default_settings_limit_every_user(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://u@localhost/db")
     monkeypatch.setenv("AUTH_JWT_SECRET", "s" * 32)
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", Sealer.new_key())
     limits = JobServiceSettings.from_env().limits
     assert limits.rate_limit_per_minute == job_settings.RATE_LIMIT_PER_MINUTE > 0
     assert limits.rate_limit_burst == job_settings.RATE_LIMIT_BURST > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.config import SettingsError
+from services.common.sealing import Sealer
 from services.webhooks.settings import WebhookSettings, parse_schedule
 
 NAMES = (
@@ -33,6 +34,7 @@ def required(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/media")
     monkeypatch.setenv("WEBHOOKS_TOKEN", "header.claims.signature")
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", Sealer.new_key())
 
 
 def test_defaults() -> None:

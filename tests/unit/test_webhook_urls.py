@@ -10,6 +10,7 @@ import ipaddress
 import pytest
 
 from services.common.config import SettingsError
+from services.common.sealing import Sealer, Unsealable
 from services.common.webhook_urls import (
     UrlPolicy,
     UrlRefused,
@@ -120,9 +121,13 @@ def test_webhook_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "MAX_WEBHOOK_ENDPOINTS_PER_USER",
     ):
         monkeypatch.delenv(name, raising=False)
-    assert WebhookSettings.from_env() == WebhookSettings(
-        url_policy=STRICT, secret_overlap_seconds=86400, max_endpoints_per_user=20
-    )
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", Sealer.new_key())
+    settings = WebhookSettings.from_env()
+    assert (
+        settings.url_policy,
+        settings.secret_overlap_seconds,
+        settings.max_endpoints_per_user,
+    ) == (STRICT, 86400, 20)
 
 
 def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +135,34 @@ def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "yes")
     monkeypatch.setenv("WEBHOOK_SECRET_OVERLAP_SECONDS", "0")  # the old secret stops at once
     monkeypatch.setenv("MAX_WEBHOOK_ENDPOINTS_PER_USER", "3")
-    assert WebhookSettings.from_env() == WebhookSettings(OPEN, 0, 3)
+    new, old = Sealer.new_key(), Sealer.new_key()
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", f"{new},{old}")
+    settings = WebhookSettings.from_env()
+    assert (
+        settings.url_policy,
+        settings.secret_overlap_seconds,
+        settings.max_endpoints_per_user,
+    ) == (OPEN, 0, 3)
+    # The first key seals; every key opens (a key change: the new one first).
+    sealed_by_old = Sealer([old]).seal("whsec_old")
+    assert settings.sealer.open(sealed_by_old) == "whsec_old"
+    with pytest.raises(Unsealable):
+        Sealer([old]).open(settings.sealer.seal("whsec_new"))
+
+
+@pytest.mark.parametrize("keys", ["", "not-a-key", "c2hvcnQ="])
+def test_secrets_keys_are_required_and_checked(monkeypatch: pytest.MonkeyPatch, keys: str) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", keys)
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRETS_KEYS"):
+        WebhookSettings.from_env()
+
+
+def test_a_sealed_secret_is_not_the_secret() -> None:
+    sealer = Sealer([Sealer.new_key()])
+    secret = "whsec_" + "A" * 44
+    sealed = sealer.seal(secret)
+    assert secret not in sealed and "whsec_" not in sealed
+    assert sealer.open(sealed) == secret
 
 
 @pytest.mark.parametrize(
@@ -146,6 +178,7 @@ def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_bad_webhook_settings_are_refused(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRETS_KEYS", Sealer.new_key())
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
         WebhookSettings.from_env()

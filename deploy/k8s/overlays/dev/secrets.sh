@@ -26,6 +26,7 @@ values=$(cd "$ROOT" && "$PYTHON" - <<'PY'
 import secrets
 
 from services.common.auth import NOTIFIER_ROLE, WEBHOOKS_ROLE, WORKER_ROLE, mint_token
+from services.common.sealing import Sealer
 
 jwt_secret = secrets.token_urlsafe(48)
 print(f"POSTGRES_PASSWORD={secrets.token_hex(24)}")
@@ -38,6 +39,7 @@ notifier = mint_token(jwt_secret, "media-notifier", roles=(NOTIFIER_ROLE,), ttl_
 print(f"NOTIFIER_TOKEN={notifier}")
 webhooks = mint_token(jwt_secret, "media-webhooks", roles=(WEBHOOKS_ROLE,), ttl_seconds=365 * 86400)
 print(f"WEBHOOKS_TOKEN={webhooks}")
+print(f"WEBHOOK_SECRETS_KEYS={Sealer.new_key()}")
 print(f"DEMO_TOKEN={mint_token(jwt_secret, 'demo-user', ttl_seconds=86400)}")
 PY
 )
@@ -61,6 +63,7 @@ manifests() {
   secret media-auth "AUTH_JWT_SECRET=$(value AUTH_JWT_SECRET)" "NOTIFIER_TOKEN=$(value NOTIFIER_TOKEN)"
   secret media-worker "WORKER_TOKEN=$(value WORKER_TOKEN)"
   secret media-webhooks "WEBHOOKS_TOKEN=$(value WEBHOOKS_TOKEN)"
+  secret media-webhook-keys "WEBHOOK_SECRETS_KEYS=$(value WEBHOOK_SECRETS_KEYS)"
   secret media-s3 "AWS_ACCESS_KEY_ID=$(value AWS_ACCESS_KEY_ID)" \
     "AWS_SECRET_ACCESS_KEY=$(value AWS_SECRET_ACCESS_KEY)"
 }
