@@ -10,7 +10,7 @@ import uuid
 import grpc
 
 from media.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from services.common import lifecycle, logs, tracing, webhook_signing
+from services.common import lifecycle, logs, tracing
 from services.common.auth import Identity, TokenVerifier
 from services.common.errors import RpcError, invalid_argument, not_found, refused
 from services.common.ids import uuid7
@@ -179,16 +179,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         if not request.HasField("webhook"):
             return None
         valid = await webhook_validation.job_webhook(request.webhook, self._webhooks.url_policy)
-        secret = webhook_signing.new_secret()
-        return NewEndpoint(
-            id=uuid7(),
-            owner=owner,
-            url=valid.target.url,
-            event_types=valid.event_types,
-            secret=secret,
-            sealed_secret=self._webhooks.sealer.seal(secret),
-            job_id=job_id,
-        )
+        return valid.endpoint(owner, self._webhooks.sealer, job_id)
 
     async def _taken(
         self, why: Taken, valid: ValidCreate, owner: str, request_digest: bytes
@@ -280,11 +271,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.ListJobsResponse:
         who = await self._identity(context.invocation_metadata())
         page_size = validation.list_request(request, self._limits)
-        before = (
-            pages.decode(request.page_token, request.kind, request.status, call="ListJobs")
-            if request.page_token
-            else None
-        )
+        before = pages.decode(request.page_token, request.kind, request.status, call="ListJobs")
         # One extra row tells whether another page exists.
         found = await call(
             self._store.list_jobs,

@@ -41,11 +41,7 @@ class NotificationsApi(notifications_pb2_grpc.NotificationServiceServicer):
         if bad:
             raise invalid_argument(bad)
         unread_only = int(request.unread_only)
-        before = (
-            pages.decode(request.page_token, unread_only, call="ListNotifications")
-            if request.page_token
-            else None
-        )
+        before = pages.decode(request.page_token, unread_only, call="ListNotifications")
         # One extra row tells whether another page exists.
         found, unread = await call(
             self._store.list_notifications,

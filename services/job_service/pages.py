@@ -22,9 +22,11 @@ def encode(last_id: str, *filters: object) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(token: str, *filters: object, call: str) -> uuid.UUID:
-    """The last ID of the page `token` ends; INVALID_ARGUMENT naming page_token when it is not a
-    token of `call` under the same filters."""
+def decode(token: str, *filters: object, call: str) -> uuid.UUID | None:
+    """The last ID of the page `token` ends (None for no token: the first page); INVALID_ARGUMENT
+    naming page_token when it is not a token of `call` under the same filters."""
+    if not token:
+        return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         *head, last_id = raw.split(":")

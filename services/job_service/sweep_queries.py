@@ -14,6 +14,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    FromClause,
+    Table,
     and_,
     create_engine,
     delete,
@@ -100,63 +102,59 @@ def due_inputs(
     return [(row.id, _has_input(row.kind, row.params)) for row in rows]
 
 
+def _delete_oldest(
+    conn: Connection,
+    table: Table,
+    retention_seconds: float,
+    limit: int,
+    *conditions: ColumnElement[bool],
+    joined: FromClause | None = None,
+) -> int:
+    """Deletes the oldest rows of `table` created before the retention that meet `conditions`
+    (over `joined`, when they look at another table), at most `limit`; returns how many."""
+    oldest = select(table.c.id)
+    if joined is not None:
+        oldest = oldest.select_from(joined)
+    oldest = (
+        oldest.where(_older_than(table.c.created_at, retention_seconds), *conditions)
+        .order_by(table.c.created_at)
+        .limit(limit)
+    )
+    return conn.execute(delete(table).where(table.c.id.in_(oldest))).rowcount
+
+
 def expire_uploads(conn: Connection, grace_seconds: float, limit: int) -> int:
     """Deletes the records of uploads older than the grace (their URLs expired long before, and
     their objects go with the same grace); returns how many."""
-    oldest = (
-        select(input_uploads.c.id)
-        .where(_older_than(input_uploads.c.created_at, grace_seconds))
-        .order_by(input_uploads.c.created_at)
-        .limit(limit)
-    )
-    return conn.execute(delete(input_uploads).where(input_uploads.c.id.in_(oldest))).rowcount
+    return _delete_oldest(conn, input_uploads, grace_seconds, limit)
 
 
 def expire_notifications(conn: Connection, retention_seconds: float, limit: int) -> int:
     """Deletes the oldest notifications past the retention, at most `limit`; returns how many."""
-    oldest = (
-        select(notifications.c.id)
-        .where(_older_than(notifications.c.created_at, retention_seconds))
-        .order_by(notifications.c.created_at)
-        .limit(limit)
-    )
-    return conn.execute(delete(notifications).where(notifications.c.id.in_(oldest))).rowcount
+    return _delete_oldest(conn, notifications, retention_seconds, limit)
 
 
 def expire_deliveries(conn: Connection, retention_seconds: float, limit: int) -> int:
     """Deletes the oldest webhook deliveries past the retention that are no longer pending (with
     their attempts), at most `limit`; returns how many."""
-    oldest = (
-        select(webhook_deliveries.c.id)
-        .where(
-            _older_than(webhook_deliveries.c.created_at, retention_seconds),
-            webhook_deliveries.c.state != webhook_service_pb2.DELIVERY_STATE_PENDING,
-        )
-        .order_by(webhook_deliveries.c.created_at)
-        .limit(limit)
+    pending = webhook_service_pb2.DELIVERY_STATE_PENDING
+    return _delete_oldest(
+        conn, webhook_deliveries, retention_seconds, limit, webhook_deliveries.c.state != pending
     )
-    return conn.execute(
-        delete(webhook_deliveries).where(webhook_deliveries.c.id.in_(oldest))
-    ).rowcount
 
 
 def expire_job_endpoints(conn: Connection, retention_seconds: float, limit: int) -> int:
     """Deletes one-off job endpoints created before the retention whose job has finished (with
     whatever deliveries they still have), at most `limit`; returns how many."""
-    oldest = (
-        select(webhook_endpoints.c.id)
-        .select_from(webhook_endpoints.join(jobs, jobs.c.id == webhook_endpoints.c.job_id))
-        .where(
-            webhook_endpoints.c.job_id.is_not(None),
-            _older_than(webhook_endpoints.c.created_at, retention_seconds),
-            jobs.c.finished_at.is_not(None),
-        )
-        .order_by(webhook_endpoints.c.created_at)
-        .limit(limit)
+    return _delete_oldest(
+        conn,
+        webhook_endpoints,
+        retention_seconds,
+        limit,
+        webhook_endpoints.c.job_id.is_not(None),
+        jobs.c.finished_at.is_not(None),
+        joined=webhook_endpoints.join(jobs, jobs.c.id == webhook_endpoints.c.job_id),
     )
-    return conn.execute(
-        delete(webhook_endpoints).where(webhook_endpoints.c.id.in_(oldest))
-    ).rowcount
 
 
 def mark_swept(conn: Connection, job_ids: Sequence[uuid.UUID]) -> None:

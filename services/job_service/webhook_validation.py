@@ -9,12 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from media.v1 import webhook_service_pb2
-from services.common import lifecycle
+from services.common import lifecycle, webhook_signing
 from services.common.errors import invalid_argument
-from services.common.ids import parse_uuid
+from services.common.ids import parse_uuid, uuid7
+from services.common.sealing import Sealer
 from services.common.webhook_urls import Target, UrlPolicy, UrlRefused, check_target, check_url
 from services.job_service.validation import Violations
-from services.job_service.webhook_store import EndpointChanges
+from services.job_service.webhook_store import EndpointChanges, NewEndpoint
 
 MAX_DESCRIPTION_CHARS = 500
 UPDATABLE = ("url", "event_types", "kinds", "description", "enabled")
@@ -31,6 +32,21 @@ class ValidEndpoint:
     event_types: tuple[str, ...]
     kinds: tuple[int, ...] = ()
     description: str = ""
+
+    def endpoint(self, owner: str, sealer: Sealer, job_id: uuid.UUID | None = None) -> NewEndpoint:
+        """The row to write, with a signing secret of its own (sealed for the row)."""
+        secret = webhook_signing.new_secret()
+        return NewEndpoint(
+            id=uuid7(),
+            owner=owner,
+            url=self.target.url,
+            event_types=self.event_types,
+            secret=secret,
+            sealed_secret=sealer.seal(secret),
+            kinds=self.kinds,
+            description=self.description,
+            job_id=job_id,
+        )
 
 
 async def create_request(

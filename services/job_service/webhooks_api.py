@@ -14,13 +14,11 @@ from media.v1 import webhook_service_pb2_grpc
 from services.common import webhook_signing
 from services.common.auth import TokenVerifier
 from services.common.errors import RpcError, failed_precondition, invalid_argument, not_found
-from services.common.ids import uuid7
 from services.job_service import pages, validation, webhook_validation
 from services.job_service.database import call
 from services.job_service.settings import Limits, WebhookSettings
 from services.job_service.webhook_store import (
     EndpointDisabled,
-    NewEndpoint,
     TooManyEndpoints,
     WebhookStore,
 )
@@ -53,17 +51,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
     ) -> pb.CreateWebhookEndpointResponse:
         owner = await self._owner(context)
         valid = await webhook_validation.create_request(request, self._settings.url_policy)
-        secret = webhook_signing.new_secret()
-        new = NewEndpoint(
-            id=uuid7(),
-            owner=owner,
-            url=valid.target.url,
-            event_types=valid.event_types,
-            secret=secret,
-            sealed_secret=self._settings.sealer.seal(secret),
-            kinds=valid.kinds,
-            description=valid.description,
-        )
+        new = valid.endpoint(owner, self._settings.sealer)
         try:
             endpoint = await call(self._store.create, new)
         except TooManyEndpoints:
@@ -74,7 +62,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
                 "(MAX_WEBHOOK_ENDPOINTS_PER_USER); delete one first",
             ) from None
         log.info("webhook endpoint created", extra={"endpoint_id": endpoint.id})
-        return pb.CreateWebhookEndpointResponse(endpoint=endpoint, secret=secret)
+        return pb.CreateWebhookEndpointResponse(endpoint=endpoint, secret=new.secret)
 
     async def ListWebhookEndpoints(
         self, request: pb.ListWebhookEndpointsRequest, context: Context
@@ -84,11 +72,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         size = validation.page_size(request.page_size, self._limits, bad)
         if bad:
             raise invalid_argument(bad)
-        before = (
-            pages.decode(request.page_token, call="ListWebhookEndpoints")
-            if request.page_token
-            else None
-        )
+        before = pages.decode(request.page_token, call="ListWebhookEndpoints")
         # One extra row tells whether another page exists.
         found = await call(self._store.list_endpoints, owner, limit=size + 1, before=before)
         response = pb.ListWebhookEndpointsResponse(endpoints=found[:size])
@@ -153,11 +137,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         endpoint_id = webhook_validation.endpoint_id(request.endpoint_id)
         webhook_validation.delivery_state(request.state)
         filters = (request.endpoint_id, request.state)
-        before = (
-            pages.decode(request.page_token, *filters, call="ListWebhookDeliveries")
-            if request.page_token
-            else None
-        )
+        before = pages.decode(request.page_token, *filters, call="ListWebhookDeliveries")
         found = await call(
             self._store.deliveries,
             owner,

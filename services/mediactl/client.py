@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -329,3 +329,39 @@ def describe_rpc_error(error: grpc.RpcError) -> list[str]:
         violations = []
     lines += [f"  {field}: {description}" for field, description in violations]
     return lines
+
+
+class _PagedRequest(Protocol):
+    page_token: str
+
+
+class _PagedResponse(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+_Request = TypeVar("_Request", bound=_PagedRequest)
+_Response = TypeVar("_Response", bound=_PagedResponse)
+_Item = TypeVar("_Item")
+
+
+def list_pages(
+    call: Callable[[_Request], _Response],
+    request: _Request,
+    items: Callable[[_Response], Iterable[_Item]],
+    *,
+    all_pages: bool = True,
+) -> tuple[list[_Item], str]:
+    """The items of one page, or of every page from there on; and the next page's token (empty
+    once every page is read)."""
+    found: list[_Item] = []
+    seen_tokens: set[str] = set()
+    while True:
+        response = call(request)
+        found.extend(items(response))
+        token = response.next_page_token
+        # A token seen before would loop forever; stop rather than trust it.
+        if not all_pages or not token or token in seen_tokens:
+            return found, "" if all_pages else token
+        seen_tokens.add(token)
+        request.page_token = token

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -15,7 +15,13 @@ from media.v1 import job_pb2, job_service_pb2, notifier_service_pb2, notifier_se
 from services.common import lifecycle
 from services.common.auth import mint_token
 from services.mediactl import build, download, render, upload
-from services.mediactl.client import ConfigError, Connection, JobService, describe_rpc_error
+from services.mediactl.client import (
+    ConfigError,
+    Connection,
+    JobService,
+    describe_rpc_error,
+    list_pages,
+)
 from services.mediactl.exit_codes import (
     EXIT_DOWNLOAD_FAILED,
     EXIT_INTERRUPTED,
@@ -104,27 +110,14 @@ cmd_get = _job_command(JobService.get, render.render_job)
 cmd_cancel = _job_command(JobService.cancel, render.render_summary)
 
 
-def _list_jobs(
-    service: JobService, request: job_service_pb2.ListJobsRequest, *, all_pages: bool
-) -> tuple[list[job_pb2.Job], str]:
-    """The jobs of one page, or of every page from there on; and the next page's token."""
-    jobs: list[job_pb2.Job] = []
-    seen_tokens: set[str] = set()
-    while True:
-        response = service.list(request)
-        jobs.extend(response.jobs)
-        token = response.next_page_token
-        # A token seen before would loop forever; stop rather than trust it.
-        if not all_pages or not token or token in seen_tokens:
-            return jobs, "" if all_pages else token
-        seen_tokens.add(token)
-        request.page_token = token
+def _jobs(response: job_service_pb2.ListJobsResponse) -> Iterable[job_pb2.Job]:
+    return response.jobs
 
 
 def cmd_list(args: argparse.Namespace, conn: Connection) -> int:
     request = build.list_request(args)
     with conn.job_service() as service:
-        jobs, next_token = _list_jobs(service, request, all_pages=args.all)
+        jobs, next_token = list_pages(service.list, request, _jobs, all_pages=args.all)
     if args.json:
         print(
             render.to_json(job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=next_token))
@@ -354,7 +347,7 @@ def _feed(conn: Connection, *, kinds: list[int], statuses: list[int], as_json: b
         )
         try:
             with conn.job_service() as service:
-                return _list_jobs(service, request, all_pages=True)[0]
+                return list_pages(service.list, request, _jobs)[0]
         except grpc.RpcError as exc:
             render.err("watch: could not list the jobs again:", *describe_rpc_error(exc))
             return None

@@ -7,7 +7,7 @@ import argparse
 
 from media.v1 import webhook_service_pb2
 from services.mediactl import build, listen, render
-from services.mediactl.client import ConfigError, Connection
+from services.mediactl.client import ConfigError, Connection, list_pages
 from services.mediactl.exit_codes import EXIT_OK
 from services.mediactl.settings import WEBHOOK_SECRET_ENV, webhook_secret
 
@@ -25,19 +25,9 @@ def cmd_webhooks_add(args: argparse.Namespace, conn: Connection) -> int:
 
 
 def cmd_webhooks_list(args: argparse.Namespace, conn: Connection) -> int:
-    endpoints: list[webhook_service_pb2.WebhookEndpoint] = []
     request = webhook_service_pb2.ListWebhookEndpointsRequest(page_size=100)
-    seen_tokens: set[str] = set()
     with conn.webhooks() as service:
-        while True:
-            response = service.list(request)
-            endpoints.extend(response.endpoints)
-            token = response.next_page_token
-            # A token seen before would loop forever; stop rather than trust it.
-            if not token or token in seen_tokens:
-                break
-            seen_tokens.add(token)
-            request.page_token = token
+        endpoints, _ = list_pages(service.list, request, lambda response: response.endpoints)
     if args.json:
         print(render.to_json(webhook_service_pb2.ListWebhookEndpointsResponse(endpoints=endpoints)))
     else:
