@@ -23,6 +23,7 @@ from sqlalchemy import (
     text,
 )
 
+from media.v1 import webhook_service_pb2
 from services.common.lifecycle import ACTIVE
 
 # The SQL spelling of lifecycle.ACTIVE, for partial indexes and the queries that must match them
@@ -34,7 +35,7 @@ INPUT_UNSWEPT_PREDICATE = "finished_at IS NOT NULL AND input_swept_at IS NULL"
 
 # webhook_deliveries.state of a delivery still to be sent (DELIVERY_STATE_PENDING), for the
 # partial index the sender's query for due deliveries uses.
-DELIVERY_PENDING = "state = 1"
+DELIVERY_PENDING = f"state = {webhook_service_pb2.DELIVERY_STATE_PENDING}"
 
 metadata = MetaData()
 

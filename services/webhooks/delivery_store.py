@@ -25,7 +25,7 @@ from services.common.bulkhead import Bulkhead
 from services.common.ids import uuid7
 from services.common.sealing import Sealer, Unsealable
 from services.job_service.database import make_engine
-from services.job_service.schema import webhook_deliveries
+from services.job_service.schema import DELIVERY_PENDING, webhook_deliveries
 from services.webhooks import outcome
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,14 @@ _MATCH = text(
 
 # Due deliveries up to `room`, at most `per_endpoint` in flight per endpoint and `per_user` per
 # owner (counting what this replica already sends: busy_*), skipping endpoints and owners that are
-# full; claimed by pushing their due time past the lease. `state = 1` is spelled as
+# full; claimed by pushing their due time past the lease. Pending is spelled as
 # webhook_deliveries_due's predicate (DELIVERY_PENDING), so that index serves the scan.
 _CLAIM = text(
-    """
+    f"""
     WITH candidates AS (
         SELECT d.id, d.endpoint_id, e.owner, d.next_attempt_at
         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-        WHERE d.state = 1 AND d.next_attempt_at <= now()
+        WHERE d.{DELIVERY_PENDING} AND d.next_attempt_at <= now()
           AND NOT (d.endpoint_id = ANY(CAST(:full_ids AS uuid[])))
           AND NOT (e.owner = ANY(CAST(:full_owners AS text[])))
         ORDER BY d.next_attempt_at
@@ -142,14 +142,14 @@ _CLAIM = text(
 
 _RELEASE = text(
     "UPDATE webhook_deliveries SET next_attempt_at = now() "
-    "WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 1"
+    f"WHERE id = ANY(CAST(:ids AS uuid[])) AND {DELIVERY_PENDING}"
 )
 _GAUGES = text(
-    """
+    f"""
     SELECT count(*) FILTER (WHERE attempts > 0),
            coalesce(extract(epoch FROM now() - min(next_attempt_at)
                                         FILTER (WHERE next_attempt_at <= now())), 0)
-    FROM webhook_deliveries WHERE state = 1
+    FROM webhook_deliveries WHERE {DELIVERY_PENDING}
     """
 )
 
