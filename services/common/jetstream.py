@@ -4,12 +4,16 @@ MEDIA_DISPATCH (work queue): media.dispatch.<kind>, one durable pull consumer pe
 MEDIA_EVENTS (limits):      media.events.<owner_key>.<job_id>, every status change of a job; the
                             owner's key in the subject lets a per-user replay filter on the server.
 Both deduplicate on Nats-Msg-Id (the outbox row ID) within DUPLICATE_WINDOW_SECONDS.
+MEDIA_WEBHOOK_EVENTS (work queue): a copy of MEDIA_EVENTS that JetStream itself keeps filling
+                            (a stream source); an event leaves it once the webhook sender has
+                            recorded its deliveries.
 MEDIA_RATE_LIMITS (key-value): job_service's per-user CreateJob budgets, shared by its replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
 
@@ -24,6 +28,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DISPATCH_STREAM = "MEDIA_DISPATCH"
 EVENTS_STREAM = "MEDIA_EVENTS"
+WEBHOOK_EVENTS_STREAM = "MEDIA_WEBHOOK_EVENTS"
 DUPLICATE_WINDOW_SECONDS = 120.0
 # A key-value bucket (the stream KV_MEDIA_RATE_LIMITS): one small value per user.
 RATE_LIMIT_BUCKET = "MEDIA_RATE_LIMITS"
@@ -79,7 +85,7 @@ def worker_consumer(kind: str) -> str:
     return f"worker-{kind}"
 
 
-# The webhook sender's durable consumer of every event, shared by all its replicas.
+# The webhook sender's durable consumer of MEDIA_WEBHOOK_EVENTS, shared by all its replicas.
 WEBHOOKS_CONSUMER = "webhooks"
 
 
@@ -146,6 +152,37 @@ async def ensure_streams(
             if keep_age:
                 config.max_age = DEFAULT_EVENTS_MAX_AGE_SECONDS
             await js.add_stream(config)
+
+
+async def ensure_webhook_events_stream(js: JetStreamContext, *, max_age_seconds: float) -> None:
+    """Creates MEDIA_WEBHOOK_EVENTS, or sets a new max age on it; safe from every sender replica.
+
+    The server copies each event of MEDIA_EVENTS into it whether or not a sender runs, and an
+    event stays until the sender acks it (work queue) or for max_age_seconds: so webhooks do not
+    depend on how long MEDIA_EVENTS keeps events for the feed. A new stream starts with the events
+    published from then on; an existing one keeps its source position."""
+    try:
+        config = (await js.stream_info(WEBHOOK_EVENTS_STREAM)).config
+    except NotFoundError:
+        new = StreamConfig(
+            name=WEBHOOK_EVENTS_STREAM,
+            sources=[
+                StreamSource(name=EVENTS_STREAM, opt_start_time=datetime.datetime.now(datetime.UTC))
+            ],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=max_age_seconds,
+        )
+        try:
+            await js.add_stream(new)
+            return
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_IN_USE:
+                raise
+        # Another replica created it a moment earlier: keep its start, set the age below.
+        config = (await js.stream_info(WEBHOOK_EVENTS_STREAM)).config
+    config.max_age = max_age_seconds
+    await js.update_stream(config)
 
 
 async def ensure_worker_consumer(

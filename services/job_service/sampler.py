@@ -165,7 +165,7 @@ class Sampler:
             metrics.CONSUMER_PENDING.labels(kind).set(pending)
         try:
             info = await self._js.consumer_info(
-                jetstream.EVENTS_STREAM, jetstream.WEBHOOKS_CONSUMER, timeout=2
+                jetstream.WEBHOOK_EVENTS_STREAM, jetstream.WEBHOOKS_CONSUMER, timeout=2
             )
         except Exception as exc:
             # None until a webhook sender has started once.

@@ -1,7 +1,7 @@
-"""Wires the webhook sender together: the database (a SQL bulkhead of its own), NATS and the
-durable consumer, job_service's JobReaderService (fresh output URLs), the HTTP client, the
-fan-out, the dispatcher and its poll, the gauges, and a gRPC server for health (ready while NATS
-and the database answer)."""
+"""Wires the webhook sender together: the database (a SQL bulkhead of its own), NATS (the stream
+of events waiting for the sender, and its durable consumer), job_service's JobReaderService (fresh
+output URLs), the HTTP client, the fan-out, the dispatcher and its poll, the gauges, and a gRPC
+server for health (ready while NATS and the database answer)."""
 
 from __future__ import annotations
 
@@ -67,9 +67,10 @@ class WebhookSender:
         self.nc = await jetstream.connect(self.settings.nats_url, "webhooks")
         js = self.nc.jetstream()
         await jetstream.ensure_streams(js)
-        await ensure_consumer(js)
+        retention = self.settings.events_retention_seconds
+        await ensure_consumer(js, events_max_age_seconds=retention)
         self.dispatcher.run()
-        self._fanout = Fanout(js, self.store, self.dispatcher)
+        self._fanout = Fanout(js, self.store, self.dispatcher, events_max_age_seconds=retention)
         self._fanout.start()
         self._gauges = asyncio.create_task(
             every(GAUGE_SECONDS, self._sample, "webhook gauges", log), name="gauges"

@@ -1,5 +1,6 @@
-"""From the event stream to delivery rows: the durable pull consumer "webhooks" on MEDIA_EVENTS,
-shared by every replica.
+"""From the event stream to delivery rows: the durable pull consumer "webhooks" on
+MEDIA_WEBHOOK_EVENTS (the server's copy of MEDIA_EVENTS, kept until the sender takes it), shared
+by every replica.
 
 Fetch loops put messages on a queue; one loop takes whatever has gathered (up to a batch), finds
 the matching endpoints of the whole batch in one query, inserts a delivery per match (an event
@@ -18,8 +19,7 @@ import uuid
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from media.v1 import events_pb2
 from services.common import jetstream
@@ -40,28 +40,18 @@ _ERROR_PAUSE_SECONDS = 1.0
 _EVENT_NAMESPACE = uuid.UUID("0b9f3c1e-5a55-4b8e-9a52-1f6d3c0a7e21")
 
 
-async def ensure_consumer(js: JetStreamContext) -> None:
-    """Creates the durable consumer, or updates it to these settings; safe from every replica.
-    A new one starts with the events published from then on; an existing one keeps its
-    position (and the start it was created with)."""
+async def ensure_consumer(js: JetStreamContext, *, events_max_age_seconds: float) -> None:
+    """Creates the stream of events waiting for the sender and its durable consumer, or updates
+    them to these settings; safe from every replica."""
+    await jetstream.ensure_webhook_events_stream(js, max_age_seconds=events_max_age_seconds)
     config = ConsumerConfig(
         durable_name=jetstream.WEBHOOKS_CONSUMER,
-        filter_subject=jetstream.ALL_EVENTS,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT_SECONDS,
         max_deliver=-1,  # an event is never dropped for failing to insert
         max_ack_pending=MAX_ACK_PENDING,
-        deliver_policy=DeliverPolicy.NEW,
     )
-    try:
-        existing = await js.consumer_info(jetstream.EVENTS_STREAM, jetstream.WEBHOOKS_CONSUMER)
-    except NotFoundError:
-        existing = None
-    if existing is not None:
-        config.deliver_policy = existing.config.deliver_policy
-        config.opt_start_seq = existing.config.opt_start_seq
-        config.opt_start_time = existing.config.opt_start_time
-    await js.add_consumer(jetstream.EVENTS_STREAM, config)
+    await js.add_consumer(jetstream.WEBHOOK_EVENTS_STREAM, config)
 
 
 def decode(msg: Msg) -> Event | None:
@@ -88,8 +78,16 @@ def decode(msg: Msg) -> Event | None:
 
 
 class Fanout:
-    def __init__(self, js: JetStreamContext, store: DeliveryStore, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: DeliveryStore,
+        dispatcher: Dispatcher,
+        *,
+        events_max_age_seconds: float,
+    ) -> None:
         self._js = js
+        self._events_max_age_seconds = events_max_age_seconds
         self._store = store
         self._dispatcher = dispatcher
         self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * BATCH)
@@ -108,7 +106,7 @@ class Fanout:
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe_bind(
-                        jetstream.WEBHOOKS_CONSUMER, stream=jetstream.EVENTS_STREAM
+                        jetstream.WEBHOOKS_CONSUMER, stream=jetstream.WEBHOOK_EVENTS_STREAM
                     )
                 msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_SECONDS)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -123,7 +121,10 @@ class Fanout:
                     sub = None
                 await asyncio.sleep(_ERROR_PAUSE_SECONDS)
                 with contextlib.suppress(Exception):
-                    await ensure_consumer(self._js)  # NATS may have lost it (a restart)
+                    # NATS may have lost them (a restart without its store)
+                    await ensure_consumer(
+                        self._js, events_max_age_seconds=self._events_max_age_seconds
+                    )
                 continue
             for msg in msgs:
                 await self._queue.put(msg)

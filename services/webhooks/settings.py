@@ -64,6 +64,8 @@ class WebhookSettings:
     max_in_flight_per_user: int  # one owner's endpoints together, one-off job webhooks included
     response_max_bytes: int  # the most of a response body read (kept as the attempt's head)
     poll_seconds: float  # how often due deliveries (retries, lapsed claims) are looked for
+    # How long an event waits in MEDIA_WEBHOOK_EVENTS for a sender (every replica down).
+    events_retention_seconds: float
 
     @property
     def job_read_timeout_seconds(self) -> float:
@@ -106,4 +108,5 @@ class WebhookSettings:
             ),
             response_max_bytes=env_int("WEBHOOK_RESPONSE_MAX_BYTES", 1024, minimum=0),
             poll_seconds=env_positive("WEBHOOK_POLL_SECONDS", 1.0),
+            events_retention_seconds=env_positive("WEBHOOK_EVENTS_RETENTION_SECONDS", 604800.0),
         )

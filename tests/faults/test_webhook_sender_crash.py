@@ -7,6 +7,8 @@
 - A NATS restart: events wait in job_service's outbox, then reach every endpoint.
 - Postgres down when the sender reads events: it cannot record their deliveries, hands the
   events back, and delivers them once Postgres is back.
+- Every sender down while MEDIA_EVENTS loses the events (as when they outlive the feed's
+  retention): they wait in MEDIA_WEBHOOK_EVENTS and are delivered once a sender is back.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import asyncio
 import os
 import signal
 
+import nats
 import pytest
 
 from media.v1 import webhook_service_pb2, webhook_service_pb2_grpc
+from services.common import jetstream
 from services.common.lifecycle import SUCCEEDED
 from tests.faults.helpers import SMALL_IMAGE, WAIT_SECONDS, FaultStack
 from tests.receivers import Receiver
@@ -138,4 +142,53 @@ async def test_a_database_outage_at_the_sender_loses_no_event(fault: FaultStack)
             await fault.spawn(fault.deps.start_postgres)
         await _arrived(receiver, "/postgres", secret, {job.id for job in jobs})
     finally:
+        await receiver.stop()
+
+
+async def test_events_wait_for_the_sender_after_the_feed_has_dropped_them(
+    fault: FaultStack,
+) -> None:
+    sender = fault.services.webhooks
+    assert sender is not None
+    receiver = await Receiver().start()
+    nc = await nats.connect(fault.deps.nats_url)
+    try:
+        js = nc.jetstream()
+        secret = await _endpoint(fault, receiver, "/aged")
+        await asyncio.to_thread(sender.stop)
+        try:
+            jobs = [await fault.create(image=SMALL_IMAGE) for _ in range(3)]
+            for job in jobs:
+                assert (await fault.wait_terminal(job.id)).status == SUCCEEDED
+            job_ids = {job.id for job in jobs}
+
+            async def events_of(stream: str) -> dict[str, int]:
+                """How many events of each of these jobs the stream holds."""
+                info = await js.stream_info(stream, subjects_filter=jetstream.ALL_EVENTS)
+                held: dict[str, int] = dict.fromkeys(job_ids, 0)
+                for subject, count in (info.state.subjects or {}).items():
+                    if jetstream.job_id_of_event(subject) in held:
+                        held[jetstream.job_id_of_event(subject)] += count
+                return held
+
+            async def copied() -> None:
+                # Each job's success is in MEDIA_EVENTS (not only in the outbox), and every event
+                # of these jobs there is in the sender's stream as well.
+                while True:
+                    last = [(await fault.published_events(job.id))[-1].status for job in jobs]
+                    feed = await events_of(jetstream.EVENTS_STREAM)
+                    if (
+                        set(last) == {SUCCEEDED}
+                        and await events_of(jetstream.WEBHOOK_EVENTS_STREAM) == feed
+                    ):
+                        return
+                    await asyncio.sleep(0.1)
+
+            await asyncio.wait_for(copied(), WAIT_SECONDS)
+            await js.purge_stream(jetstream.EVENTS_STREAM)  # as if they had aged out
+        finally:
+            await fault.spawn(sender.start)
+        await _arrived(receiver, "/aged", secret, job_ids)
+    finally:
+        await nc.close()
         await receiver.stop()

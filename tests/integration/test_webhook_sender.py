@@ -197,6 +197,7 @@ def settings_for(
         "max_in_flight_per_user": 4,
         "response_max_bytes": HEAD_BYTES,
         "poll_seconds": 0.1,
+        "events_retention_seconds": 3600.0,
     }
     return WebhookSettings(**{**base, **overrides})
 

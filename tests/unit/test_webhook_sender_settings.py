@@ -25,6 +25,7 @@ NAMES = (
     "WEBHOOK_MAX_IN_FLIGHT_PER_USER",
     "WEBHOOK_RESPONSE_MAX_BYTES",
     "WEBHOOK_POLL_SECONDS",
+    "WEBHOOK_EVENTS_RETENTION_SECONDS",
 )
 
 
@@ -48,6 +49,7 @@ def test_defaults() -> None:
     assert settings.max_in_flight_per_user == 16
     assert settings.response_max_bytes == 1024
     assert settings.poll_seconds == 1.0
+    assert settings.events_retention_seconds == 7 * 86400
     assert not settings.url_policy.allow_http and not settings.url_policy.allow_private
     # A claim outlasts an attempt: the job read, the request and recording it.
     assert settings.lease_seconds > settings.timeout_seconds + settings.db_call_timeout_seconds
@@ -75,6 +77,7 @@ def test_a_schedule_must_be_positive_seconds(raw: str) -> None:
         ("WEBHOOK_TIMEOUT_SECONDS", "0"),
         ("WEBHOOK_MAX_IN_FLIGHT", "0"),
         ("WEBHOOK_POLL_SECONDS", "-1"),
+        ("WEBHOOK_EVENTS_RETENTION_SECONDS", "0"),
         ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "maybe"),
     ],
 )
