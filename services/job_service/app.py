@@ -127,14 +127,16 @@ async def serve(settings: JobServiceSettings) -> None:
         interval_seconds=settings.metrics_sample_seconds,
         published_ids=lambda: relay.published_ids,
     )
-    # Input images of finished jobs and objects no record points to; one replica at a time, on
-    # a connection, S3 connections and threads of its own (bounded calls: a listing page or a
-    # DeleteObjects of 1000 keys may take longer than a request's call).
+    # Input images of finished jobs and objects no record points to, rows past their retention,
+    # webhook secrets another key sealed; one replica at a time, on a connection, S3 connections
+    # and threads of its own (bounded calls: a listing page or a DeleteObjects of 1000 keys may
+    # take longer than a request's call).
     sweeper = Sweeper(
         sweeper_engine(settings.database_url),
         make_client(settings.s3, max_pool=2, read_timeout=30.0, max_attempts=3),
         settings.s3.bucket,
         settings.sweep,
+        settings.webhooks.sealer,
     )
 
     # A cap on calls in flight (MAX_CONCURRENT_RPCS) bounds, with GRPC_MAX_MESSAGE_BYTES, the

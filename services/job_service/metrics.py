@@ -46,8 +46,13 @@ CONSUMER_PENDING = Gauge(
 # Sampled here rather than by the sender, so that it still reads when no sender runs.
 WEBHOOK_EVENTS_PENDING = Gauge(
     "media_webhook_events_pending",
-    "Events of MEDIA_EVENTS the webhook sender's consumer has not yet fanned out into deliveries "
-    "(not delivered plus not acknowledged).",
+    "Events of MEDIA_WEBHOOK_EVENTS the webhook sender's consumer has not yet fanned out into "
+    "deliveries (not delivered plus not acknowledged).",
+)
+SECRETS_TO_RESEAL = Gauge(
+    "media_webhook_secrets_to_reseal",
+    "Webhook endpoints whose secrets are not sealed with the first key of WEBHOOK_SECRETS_KEYS, "
+    "as the sweeper's last round left them: 0 means the other keys can be dropped.",
 )
 OUTBOX_PENDING = Gauge("media_outbox_pending", "Outbox rows not yet published to JetStream.")
 OUTBOX_LAG = Gauge(

@@ -153,6 +153,9 @@ webhook_endpoints = Table(
     Column("secret", Text, nullable=False),
     Column("previous_secret", Text),
     Column("previous_secret_expires_at", DateTime(timezone=True)),
+    # The Sealer.key_id of the key that sealed secret and previous_secret; NULL when unknown or
+    # not the same for both. The sweeper reseals the rows of any other key with the first one.
+    Column("sealed_with", Text),
     Column("enabled", Boolean, nullable=False, server_default=text("true")),
     Column("disabled_reason", Text, nullable=False, server_default=""),
     Column("disabled_at", DateTime(timezone=True)),
@@ -162,6 +165,7 @@ webhook_endpoints = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("webhook_endpoints_owner_id", "owner", text("id DESC")),
     Index("webhook_endpoints_job", "job_id", postgresql_where=text("job_id IS NOT NULL")),
+    Index("webhook_endpoints_sealed_with", "sealed_with"),
 )
 
 # One event for one endpoint: the sender's durable queue (state PENDING with next_attempt_at)

@@ -1,7 +1,8 @@
 """The sweeper's SQL: its engine and lock, the finished jobs whose inputs are due, what the
 database knows of the jobs objects are stored for, where each listing stopped, and the rows past
-their retention (upload records, notifications, webhook deliveries and one-off endpoints).
-Blocking: the sweeper (sweeper.py) runs these on its own thread and connection."""
+their retention (upload records, notifications, webhook deliveries and one-off endpoints), and
+the webhook secrets to seal again with the first key. Blocking: the sweeper (sweeper.py) runs
+these on its own thread and connection."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import (
     ColumnElement,
@@ -17,10 +19,12 @@ from sqlalchemy import (
     FromClause,
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     func,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -154,6 +158,84 @@ def expire_job_endpoints(conn: Connection, retention_seconds: float, limit: int)
         webhook_endpoints.c.job_id.is_not(None),
         jobs.c.finished_at.is_not(None),
         joined=webhook_endpoints.join(jobs, jobs.c.id == webhook_endpoints.c.job_id),
+    )
+
+
+def _sealed_elsewhere(key_id: str) -> ColumnElement[bool]:
+    """Endpoints whose secrets a key other than `key_id`'s sealed (or no one knows which): as
+    two ranges, so that the index on sealed_with finds them however few among many."""
+    column = webhook_endpoints.c.sealed_with
+    return or_(column.is_(None), column < key_id, column > key_id)
+
+
+@dataclass(frozen=True)
+class SealedSecrets:
+    """An endpoint's secrets as stored (sealed): the current one, and the previous one while it
+    still signs (None once it expired)."""
+
+    endpoint_id: uuid.UUID
+    secret: str
+    previous: str | None
+    stored_previous: str | None  # as the row holds it, expired or not
+
+
+def secrets_to_reseal(
+    conn: Connection, key_id: str, after: uuid.UUID | None, limit: int
+) -> list[SealedSecrets]:
+    """Up to `limit` endpoints sealed with another key, by ID after `after`."""
+    e = webhook_endpoints.c
+    live = e.previous_secret_expires_at > func.statement_timestamp()
+    query = select(e.id, e.secret, e.previous_secret, live.label("live")).where(
+        _sealed_elsewhere(key_id)
+    )
+    if after is not None:
+        query = query.where(e.id > after)
+    return [
+        SealedSecrets(
+            row.id, row.secret, row.previous_secret if row.live else None, row.previous_secret
+        )
+        for row in conn.execute(query.order_by(e.id).limit(limit))
+    ]
+
+
+def store_resealed(
+    conn: Connection, key_id: str, resealed: Sequence[tuple[SealedSecrets, SealedSecrets]]
+) -> None:
+    """Stores each endpoint's secrets sealed again (was, now), unless a rotation changed them
+    meanwhile; the sealed_with of those stored is `key_id`."""
+    if not resealed:
+        return
+    e = webhook_endpoints.c
+    conn.execute(
+        update(webhook_endpoints)
+        .where(
+            e.id == bindparam("b_id"),
+            e.secret == bindparam("b_was"),
+            e.previous_secret.is_not_distinct_from(bindparam("b_was_previous")),
+        )
+        .values(
+            secret=bindparam("b_secret"),
+            previous_secret=bindparam("b_previous"),
+            sealed_with=key_id,
+        ),
+        [
+            {
+                "b_id": was.endpoint_id,
+                "b_was": was.secret,
+                "b_was_previous": was.stored_previous,
+                "b_secret": now.secret,
+                "b_previous": now.previous,
+            }
+            for was, now in resealed
+        ],
+    )
+
+
+def count_to_reseal(conn: Connection, key_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(webhook_endpoints).where(_sealed_elsewhere(key_id))
+        ).scalar_one()
     )
 
 

@@ -1,4 +1,5 @@
-"""The sweeper: deletes what the bucket keeps that no job needs any more.
+"""The sweeper: deletes what the bucket keeps that no job needs any more, forgets rows past their
+retention, and seals webhook secrets again with the first key of WEBHOOK_SECRETS_KEYS.
 
 Every SWEEP_INTERVAL_SECONDS each replica tries a round; the one that gets a Postgres advisory
 lock sweeps and the others skip. A round has three passes, each bounded by SWEEP_MAX_PER_ROUND:
@@ -20,6 +21,10 @@ uploads past the grace, notifications older than NOTIFICATION_RETENTION_SECONDS,
 deliveries no longer pending older than WEBHOOK_DELIVERY_RETENTION_SECONDS, and the one-off
 webhook endpoints of finished jobs created before that.
 
+Last, up to SWEEP_MAX_PER_ROUND endpoints whose secrets another key sealed (sealed_with) are
+sealed with the first key, and media_webhook_secrets_to_reseal counts those left: once it is 0 the
+other keys can be dropped. A secret no key opens is left as it is, and counted.
+
 Listings resume where the previous round stopped (table sweep_cursors), so a bucket larger than
 one round is covered pass by pass. Here are the rounds (S3 listing and deleting, in order with the
 SQL): what goes and why is sweep_rules.py's, without I/O, and the SQL is sweep_queries.py's. Keys
@@ -34,8 +39,10 @@ request traffic nor makes requests wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
@@ -44,11 +51,14 @@ from sqlalchemy import Connection, Engine
 
 from services.common import keys
 from services.common.bulkhead import Bulkhead
+from services.common.sealing import Sealer, Unsealable
 from services.common.tasks import every
 from services.job_service import metrics
 from services.job_service.metrics import SweepReason
 from services.job_service.settings import SweepSettings
 from services.job_service.sweep_queries import (
+    SealedSecrets,
+    count_to_reseal,
     due_inputs,
     expire_deliveries,
     expire_job_endpoints,
@@ -58,6 +68,8 @@ from services.job_service.sweep_queries import (
     mark_swept,
     save_cursor,
     saved_cursor,
+    secrets_to_reseal,
+    store_resealed,
     try_lock,
 )
 from services.job_service.sweep_rules import Swept, job_of, verdict
@@ -86,11 +98,21 @@ _Chooser = Callable[[Connection, list["ObjectTypeDef"]], Awaitable[list[tuple[st
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, s3: S3Client, bucket: str, settings: SweepSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        s3: S3Client,
+        bucket: str,
+        settings: SweepSettings,
+        sealer: Sealer,
+    ) -> None:
         self._engine = engine
         self._s3 = s3
         self._bucket = bucket
         self._settings = settings
+        self._sealer = sealer
+        # Where the next round's resealing goes on: past the secrets no key opens, which stay.
+        self._reseal_after: uuid.UUID | None = None
         self._s3_threads = Bulkhead("sweep-s3", 2, S3_TIMEOUT_SECONDS)
         # One thread: the round's connection is used by one thread only.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-db")
@@ -133,6 +155,7 @@ class Sweeper:
             await self._sweep_listing(conn, keys.JOBS_PREFIX, self._orphans, swept)
             await self._sweep_listing(conn, keys.UPLOADS_PREFIX, self._stale_uploads, swept)
             await self._expire_rows(conn)
+            await self._reseal_secrets(conn)
         finally:
             # Closes the connection, and with it the session's advisory lock.
             await self._in_db(conn.close)
@@ -157,6 +180,45 @@ class Sweeper:
             expired = await self._in_db(expire, conn, retention, settings.max_per_round)
             if expired:
                 log.info("forgot %d %s", expired, what)
+
+    async def _reseal_secrets(self, conn: Connection) -> None:
+        key_id = self._sealer.key_id
+        left = self._settings.max_per_round
+        resealed = unopened = 0
+        while left > 0:
+            size = min(left, BATCH)
+            found = await self._in_db(secrets_to_reseal, conn, key_id, self._reseal_after, size)
+            left -= len(found)
+            pairs = [(was, now) for was in found if (now := self._resealed(was)) is not None]
+            await self._in_db(store_resealed, conn, key_id, pairs)
+            resealed += len(pairs)
+            unopened += len(found) - len(pairs)
+            if len(found) < size:
+                self._reseal_after = None  # the end: the next round starts over
+                break
+            self._reseal_after = found[-1].endpoint_id
+        if resealed:
+            log.info("sealed %d webhook endpoint(s)' secrets with the first key", resealed)
+        if unopened:
+            log.warning(
+                "no key of WEBHOOK_SECRETS_KEYS opens the secrets of %d webhook endpoint(s): "
+                "their deliveries fail until the key is back or the secrets are rotated",
+                unopened,
+            )
+        metrics.SECRETS_TO_RESEAL.set(await self._in_db(count_to_reseal, conn, key_id))
+
+    def _resealed(self, was: SealedSecrets) -> SealedSecrets | None:
+        """The secrets sealed with the first key; None when no key opens the current one (a
+        previous one no key opens is dropped: it could not sign anyway)."""
+        try:
+            secret = self._sealer.reseal(was.secret)
+        except Unsealable:
+            return None
+        previous = None
+        if was.previous is not None:
+            with contextlib.suppress(Unsealable):
+                previous = self._sealer.reseal(was.previous)
+        return SealedSecrets(was.endpoint_id, secret, previous, previous)
 
     async def _sweep_inputs(self, conn: Connection, swept: Swept) -> None:
         retention = self._settings.input_retention_seconds

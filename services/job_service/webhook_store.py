@@ -34,7 +34,9 @@ from services.job_service.schema import webhook_attempts, webhook_deliveries, we
 DISABLED_BY_OWNER = "disabled by the owner"
 _SECOND: ColumnElement[dt.timedelta] = literal_column("interval '1 second'")
 # Everything of an endpoint row but its secrets, which are read only where they are minted.
-_SHOWN = [c for c in webhook_endpoints.c if c.name not in {"secret", "previous_secret"}]
+_SHOWN = [
+    c for c in webhook_endpoints.c if c.name not in {"secret", "previous_secret", "sealed_with"}
+]
 _LOCK_OWNER = text("SELECT pg_advisory_xact_lock(hashtextextended('webhook-endpoints:' || :o, 0))")
 
 
@@ -46,6 +48,7 @@ class NewEndpoint:
     event_types: tuple[str, ...]
     secret: str  # for the caller's answer, once
     sealed_secret: str  # what is stored (services/common/sealing.py)
+    sealed_with: str  # the sealing key's key_id
     kinds: tuple[int, ...] = ()
     description: str = ""
     job_id: uuid.UUID | None = None  # a one-off endpoint of this job
@@ -85,6 +88,7 @@ def _values(new: NewEndpoint) -> dict[str, object]:
         "kinds": list(new.kinds),
         "description": new.description,
         "secret": new.sealed_secret,
+        "sealed_with": new.sealed_with,
         "job_id": new.job_id,
     }
 
@@ -184,10 +188,11 @@ class WebhookStore:
             return bool(deleted.rowcount)
 
     def rotate(
-        self, owner: str, endpoint_id: uuid.UUID, secret: str
+        self, owner: str, endpoint_id: uuid.UUID, secret: str, sealed_with: str
     ) -> webhook_service_pb2.WebhookEndpoint | None:
-        """`secret` (sealed) signs from now on; the one it replaces also signs for the
-        overlap."""
+        """`secret` (sealed with the key `sealed_with` names) signs from now on; the one it
+        replaces also signs for the overlap."""
+        column = webhook_endpoints.c.sealed_with
         with self._engine.begin() as conn:
             row = conn.execute(
                 update(webhook_endpoints)
@@ -196,6 +201,8 @@ class WebhookStore:
                     previous_secret=webhook_endpoints.c.secret,
                     previous_secret_expires_at=_now() + self._overlap_seconds * _SECOND,
                     secret=secret,
+                    # Both secrets under one key, or unknown (NULL): the sweeper reseals both.
+                    sealed_with=case((column == sealed_with, column), else_=None),
                     updated_at=_now(),
                 )
                 .returning(*_SHOWN)

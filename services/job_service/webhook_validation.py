@@ -43,6 +43,7 @@ class ValidEndpoint:
             event_types=self.event_types,
             secret=secret,
             sealed_secret=sealer.seal(secret),
+            sealed_with=sealer.key_id,
             kinds=self.kinds,
             description=self.description,
             job_id=job_id,

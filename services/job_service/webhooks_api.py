@@ -119,8 +119,10 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         owner = await self._owner(context)
         endpoint_id = webhook_validation.endpoint_id(request.endpoint_id)
         secret = webhook_signing.new_secret()
-        sealed = self._settings.sealer.seal(secret)
-        endpoint = await call(self._store.rotate, owner, endpoint_id, sealed)
+        sealer = self._settings.sealer
+        endpoint = await call(
+            self._store.rotate, owner, endpoint_id, sealer.seal(secret), sealer.key_id
+        )
         if endpoint is None:
             raise _no_endpoint(request.endpoint_id)
         log.info("webhook secret rotated", extra={"endpoint_id": endpoint.id})

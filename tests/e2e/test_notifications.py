@@ -23,6 +23,7 @@ from services.common import jetstream
 from services.common.errors import field_violations
 from services.common.ids import uuid7
 from services.common.lifecycle import IMAGE, RUNNING, SUCCEEDED
+from services.common.sealing import Sealer
 from services.job_service import migrate
 from services.job_service.schema import (
     jobs,
@@ -255,6 +256,7 @@ async def test_another_users_notifications_are_not_theirs(
 
 RETENTION_SECONDS = 3600.0
 PER_ROUND = 2
+SEALER = Sealer([Sealer.new_key()])
 
 
 async def test_the_sweeper_forgets_old_notifications_deliveries_and_job_endpoints(
@@ -357,7 +359,7 @@ async def test_the_sweeper_forgets_old_notifications_deliveries_and_job_endpoint
         notification_retention_seconds=RETENTION_SECONDS,
         webhook_delivery_retention_seconds=RETENTION_SECONDS,
     )
-    sweeper = Sweeper(sweeper_engine(database_url), s3, bucket, settings)
+    sweeper = Sweeper(sweeper_engine(database_url), s3, bucket, settings, SEALER)
     try:
         everything = set().union(*made.values())
         assert await sweeper.sweep_once() is not None

@@ -34,6 +34,7 @@ from services.common import keys
 from services.common.auth import bearer_metadata, mint_token
 from services.common.ids import uuid7
 from services.common.lifecycle import IMAGE, SUCCEEDED
+from services.common.sealing import Sealer
 from services.job_service import migrate
 from services.job_service.schema import input_uploads, jobs, outputs, sweep_cursors
 from services.job_service.settings import SweepSettings
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.e2e
 
 BUCKET = "media-sweeper-stack"
 GRACE_SECONDS = 2.0
+SEALER = Sealer([Sealer.new_key()])
 # S3 keeps LastModified to the second: an object may look up to this much older than it is.
 CLOCK_SLACK_SECONDS = 1.0
 
@@ -391,7 +393,7 @@ async def test_rounds_are_bounded_and_resume_where_the_last_stopped(deps: Depend
     await asyncio.to_thread(setup)
     bound = 2
     settings = SweepSettings(interval_seconds=1, grace_seconds=0, max_per_round=bound)
-    sweeper = Sweeper(sweeper_engine(database_url), s3, bucket, settings)
+    sweeper = Sweeper(sweeper_engine(database_url), s3, bucket, settings, SEALER)
     try:
         first = await sweeper.sweep_once()
         assert first is not None

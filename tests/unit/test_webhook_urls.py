@@ -165,6 +165,19 @@ def test_a_sealed_secret_is_not_the_secret() -> None:
     assert sealer.open(sealed) == secret
 
 
+def test_a_secret_is_resealed_with_the_first_key_which_the_key_id_names() -> None:
+    old, new = Sealer.new_key(), Sealer.new_key()
+    changed = Sealer([new, old])
+    assert changed.key_id == Sealer([new]).key_id != Sealer([old]).key_id
+    assert new not in changed.key_id and len(changed.key_id) == 16
+    resealed = changed.reseal(Sealer([old]).seal("whsec_kept"))
+    assert Sealer([new]).open(resealed) == "whsec_kept"
+    with pytest.raises(Unsealable):
+        Sealer([old]).open(resealed)
+    with pytest.raises(Unsealable):
+        Sealer([Sealer.new_key()]).reseal(resealed)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
