@@ -355,6 +355,36 @@ async def test_an_event_inserted_twice_makes_one_delivery(rig: Rig) -> None:
     assert len(await rig.deliveries(endpoint_id)) == 1
 
 
+async def test_two_replicas_send_each_attempt_once(rig: Rig) -> None:
+    """A second sender on the same consumer and tables: each event becomes one delivery per
+    endpoint, and every attempt (retries, which either replica may claim, included) is sent
+    once; an attempt sent by both would be recorded twice."""
+    second = WebhookSender(rig.sender.settings)
+    await second.start()
+    try:
+        owner = f"rita-{uuid7()}"
+        paths = [f"/replicas/{n}" for n in range(3)]
+        endpoints = [await rig.endpoint(owner, path) for path in paths]
+        rig.receiver.answer(paths[0], *[500] * 10)  # ten of its deliveries need a retry
+        jobs = [a_job() for _ in range(30)]
+        for job in jobs:
+            await rig.publish(owner, job, "job.failed")
+        for path, (endpoint_id, secret), retries in zip(paths, endpoints, (10, 0, 0), strict=True):
+            ended = await eventually(
+                lambda e=endpoint_id: _ended(rig, e), f"the deliveries to {path} ended"
+            )
+            assert len(ended) == len(jobs)
+            assert {d.state for d in ended} == {SUCCEEDED}
+            assert sum(d.attempts for d in ended) == len(jobs) + retries
+            received = rig.receiver.at(path)
+            assert len(received) == len(jobs) + retries
+            assert {r.webhook_id for r in received} == {str(d.id) for d in ended}
+            ids = sorted({r.verify(secret)["data"]["id"] for r in received})
+            assert ids == sorted(job.id for job in jobs)
+    finally:
+        await second.stop()
+
+
 # --- attempts and their outcomes -----------------------------------------------------------
 
 
