@@ -11,15 +11,13 @@ an IPv6 address (IPv4-mapped, NAT64, 6to4, Teredo).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.common.resolver import Resolver, Unresolved
+
 MAX_URL_LENGTH = 2048
-# Resolving a name at registration must not hold an RPC for long.
-RESOLVE_TIMEOUT_SECONDS = 5.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -93,19 +91,15 @@ def check_addresses(addresses: list[str], policy: UrlPolicy) -> None:
             raise UrlRefused("resolves to a private, loopback, link-local or reserved address")
 
 
-async def check_target(target: Target, policy: UrlPolicy) -> None:
+async def check_target(target: Target, policy: UrlPolicy, resolver: Resolver) -> None:
     """Resolves the target's host and checks every address (registration time)."""
     if _literal(target.host) is not None:
         return  # check_url has looked at it
-    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
-            RESOLVE_TIMEOUT_SECONDS,
-        )
-    except (OSError, TimeoutError):
+        addresses = await resolver.addresses(target.host, target.port)
+    except Unresolved:
         raise UrlRefused("host does not resolve") from None
-    check_addresses([str(info[4][0]) for info in infos], policy)
+    check_addresses(addresses, policy)
 
 
 def _literal(host: str) -> IPAddress | None:

@@ -14,6 +14,7 @@ from services.common import lifecycle, logs, tracing
 from services.common.auth import Identity, TokenVerifier
 from services.common.errors import RpcError, invalid_argument, not_found, refused
 from services.common.ids import uuid7
+from services.common.resolver import Resolver
 from services.job_service import metrics as job_metrics
 from services.job_service import pages, validation, webhook_validation
 from services.job_service.batcher import CreateBatcher
@@ -52,10 +53,12 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         limits: Limits,
         inputs: InputImages,
         webhooks: WebhookSettings,
+        dns: Resolver,  # resolves a one-off webhook's host
         rate_budget: SharedBudget | None = None,  # None: each replica limits on its own
     ) -> None:
         self._store = store
         self._webhooks = webhooks
+        self._dns = dns
         self._verifier = verifier
         self._signer = signer
         self._limits = limits
@@ -178,7 +181,9 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         It is written with the job, and its secret returned only by the call that created it."""
         if not request.HasField("webhook"):
             return None
-        valid = await webhook_validation.job_webhook(request.webhook, self._webhooks.url_policy)
+        valid = await webhook_validation.job_webhook(
+            request.webhook, self._webhooks.url_policy, self._dns
+        )
         return valid.endpoint(owner, self._webhooks.sealer, job_id)
 
     async def _taken(

@@ -25,6 +25,7 @@ from services.common import jetstream
 from services.common.auth import TokenVerifier
 from services.common.bulkhead import Bulkhead
 from services.common.metrics import serve_metrics
+from services.common.resolver import Resolver
 from services.common.s3 import BucketProbe, ensure_bucket, make_client
 from services.common.server import (
     MAIN_LISTENER,
@@ -150,6 +151,8 @@ async def serve(settings: JobServiceSettings) -> None:
     host.add_check("nats", sampler.nats_ok)
     s3_probe = BucketProbe(settings.s3, settings.server.readiness_check_seconds)
     host.add_check("s3", s3_probe)
+    # Webhook hosts are resolved at registration on threads of their own.
+    dns = Resolver()
     host.add(
         "media.v1.JobService",
         job_service_pb2_grpc.add_JobServiceServicer_to_server,
@@ -161,6 +164,7 @@ async def serve(settings: JobServiceSettings) -> None:
             inputs,
             rate_budget=rate_budget,
             webhooks=settings.webhooks,
+            dns=dns,
         ),
     )
     # The caller's webhook endpoints and inbox, beside JobService: the same clients.
@@ -172,7 +176,7 @@ async def serve(settings: JobServiceSettings) -> None:
     host.add(
         "media.v1.WebhookService",
         webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server,
-        WebhooksApi(webhook_store, verifier, settings.limits, settings.webhooks),
+        WebhooksApi(webhook_store, verifier, settings.limits, settings.webhooks, dns),
     )
     host.add(
         "media.v1.NotificationService",
@@ -210,5 +214,6 @@ async def serve(settings: JobServiceSettings) -> None:
         await sweeper.stop()
         await nc.drain()
         s3_probe.close()
+        dns.close()
         engine.dispose()
         relay_engine.dispose()

@@ -12,6 +12,7 @@ from media.v1 import webhook_service_pb2
 from services.common import lifecycle, webhook_signing
 from services.common.errors import invalid_argument
 from services.common.ids import parse_uuid, uuid7
+from services.common.resolver import Resolver
 from services.common.sealing import Sealer
 from services.common.webhook_urls import Target, UrlPolicy, UrlRefused, check_target, check_url
 from services.job_service.validation import Violations
@@ -51,7 +52,7 @@ class ValidEndpoint:
 
 
 async def create_request(
-    request: webhook_service_pb2.CreateWebhookEndpointRequest, policy: UrlPolicy
+    request: webhook_service_pb2.CreateWebhookEndpointRequest, policy: UrlPolicy, dns: Resolver
 ) -> ValidEndpoint:
     bad: Violations = []
     target = _url(request.url, "url", policy, bad)
@@ -61,13 +62,15 @@ async def create_request(
     if bad:
         raise invalid_argument(bad)
     assert target is not None
-    await resolved(target, "url", policy)
+    await resolved(target, "url", policy, dns)
     return ValidEndpoint(
         target, types or lifecycle.FINISHED_EVENT_TYPES, kinds, request.description
     )
 
 
-async def job_webhook(hook: webhook_service_pb2.JobWebhook, policy: UrlPolicy) -> ValidEndpoint:
+async def job_webhook(
+    hook: webhook_service_pb2.JobWebhook, policy: UrlPolicy, dns: Resolver
+) -> ValidEndpoint:
     """CreateJobRequest.webhook, its fields named as in CreateJobRequest."""
     bad: Violations = []
     target = _url(hook.url, "webhook.url", policy, bad)
@@ -75,12 +78,12 @@ async def job_webhook(hook: webhook_service_pb2.JobWebhook, policy: UrlPolicy) -
     if bad:
         raise invalid_argument(bad)
     assert target is not None
-    await resolved(target, "webhook.url", policy)
+    await resolved(target, "webhook.url", policy, dns)
     return ValidEndpoint(target, types or lifecycle.FINISHED_EVENT_TYPES)
 
 
 async def update_request(
-    request: webhook_service_pb2.UpdateWebhookEndpointRequest, policy: UrlPolicy
+    request: webhook_service_pb2.UpdateWebhookEndpointRequest, policy: UrlPolicy, dns: Resolver
 ) -> tuple[uuid.UUID, EndpointChanges]:
     bad: Violations = []
     endpoint = _id(request.endpoint_id, "endpoint_id", bad)
@@ -106,7 +109,7 @@ async def update_request(
         raise invalid_argument(bad)
     assert endpoint is not None
     if target is not None:
-        await resolved(target, "url", policy)
+        await resolved(target, "url", policy, dns)
     return endpoint, EndpointChanges(
         url=target.url if target is not None else None,
         event_types=types,
@@ -158,11 +161,11 @@ def event_types(values: Iterable[str], field: str, bad: Violations) -> tuple[str
     return tuple(t for t in lifecycle.EVENT_TYPES if t in named)
 
 
-async def resolved(target: Target, field: str, policy: UrlPolicy) -> None:
+async def resolved(target: Target, field: str, policy: UrlPolicy, dns: Resolver) -> None:
     """Refuses a host that resolves to an address the policy does not allow (the message never
     names the address)."""
     try:
-        await check_target(target, policy)
+        await check_target(target, policy, dns)
     except UrlRefused as exc:
         raise invalid_argument([(field, str(exc))]) from None
 

@@ -14,6 +14,7 @@ from media.v1 import webhook_service_pb2_grpc
 from services.common import webhook_signing
 from services.common.auth import TokenVerifier
 from services.common.errors import RpcError, failed_precondition, invalid_argument, not_found
+from services.common.resolver import Resolver
 from services.job_service import pages, validation, webhook_validation
 from services.job_service.database import call
 from services.job_service.settings import Limits, WebhookSettings
@@ -37,11 +38,13 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         verifier: TokenVerifier,
         limits: Limits,
         settings: WebhookSettings,
+        dns: Resolver,
     ) -> None:
         self._store = store
         self._verifier = verifier
         self._limits = limits
         self._settings = settings
+        self._dns = dns
 
     async def _owner(self, context: Context) -> str:
         return (await self._verifier.identify(context.invocation_metadata())).subject
@@ -50,7 +53,9 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
         self, request: pb.CreateWebhookEndpointRequest, context: Context
     ) -> pb.CreateWebhookEndpointResponse:
         owner = await self._owner(context)
-        valid = await webhook_validation.create_request(request, self._settings.url_policy)
+        valid = await webhook_validation.create_request(
+            request, self._settings.url_policy, self._dns
+        )
         new = valid.endpoint(owner, self._settings.sealer)
         try:
             endpoint = await call(self._store.create, new)
@@ -95,7 +100,7 @@ class WebhooksApi(webhook_service_pb2_grpc.WebhookServiceServicer):
     ) -> pb.UpdateWebhookEndpointResponse:
         owner = await self._owner(context)
         endpoint_id, changes = await webhook_validation.update_request(
-            request, self._settings.url_policy
+            request, self._settings.url_policy, self._dns
         )
         endpoint = await call(self._store.update, owner, endpoint_id, changes)
         if endpoint is None:

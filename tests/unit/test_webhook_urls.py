@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from services.common.config import SettingsError
+from services.common.resolver import Resolver
 from services.common.sealing import Sealer, Unsealable
 from services.common.webhook_urls import (
+    Target,
     UrlPolicy,
     UrlRefused,
     address_allowed,
@@ -81,9 +87,51 @@ def test_a_name_with_any_private_address_is_refused() -> None:
 def test_a_name_resolving_to_loopback_is_refused_without_naming_the_address() -> None:
     target = check_url("https://localhost:8443/hook", STRICT)
     with pytest.raises(UrlRefused, match="resolves to a private") as caught:
-        asyncio.run(check_target(target, STRICT))
+        asyncio.run(resolved(target, STRICT))
     assert "127.0.0.1" not in str(caught.value) and "::1" not in str(caught.value)
-    asyncio.run(check_target(target, OPEN))
+    asyncio.run(resolved(target, OPEN))
+
+
+async def resolved(target: Target, policy: UrlPolicy) -> None:
+    dns = Resolver()
+    try:
+        await check_target(target, policy, dns)
+    finally:
+        dns.close()
+
+
+def test_a_name_whose_dns_hangs_holds_only_the_resolvers_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registering endpoints at names chosen to hang must not take the threads CreateJob decodes
+    images on (asyncio's default pool): the resolver has threads of its own, gives up on time,
+    and once they are all stuck refuses at once."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.example":
+            release.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    target = check_url("https://hangs.example/hook", STRICT)
+
+    async def scenario() -> None:
+        # As small as the resolver's: were names resolved on it, both would now be stuck.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        dns = Resolver(threads=2, timeout_seconds=0.2)
+        try:
+            for _ in range(3):  # the third finds both threads stuck
+                with pytest.raises(UrlRefused, match="does not resolve"):
+                    await check_target(target, STRICT, dns)
+            # The default pool is free: CPU work goes on (wait_for: a hang guard only).
+            assert await asyncio.wait_for(asyncio.to_thread(sum, [1, 2]), 10) == 3
+        finally:
+            release.set()
+            dns.close()
+
+    asyncio.run(scenario())
 
 
 def test_https_only_unless_http_is_allowed() -> None:
