@@ -151,7 +151,7 @@ async def serve(settings: JobServiceSettings) -> None:
     host.add_check("nats", sampler.nats_ok)
     s3_probe = BucketProbe(settings.s3, settings.server.readiness_check_seconds)
     host.add_check("s3", s3_probe)
-    # Webhook hosts are resolved at registration on threads of their own.
+    # Webhook hosts, resolved at registration.
     dns = Resolver()
     host.add(
         "media.v1.JobService",
@@ -214,6 +214,6 @@ async def serve(settings: JobServiceSettings) -> None:
         await sweeper.stop()
         await nc.drain()
         s3_probe.close()
-        dns.close()
+        await dns.close()
         engine.dispose()
         relay_engine.dispose()

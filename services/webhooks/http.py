@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
+from services.common.resolver import Resolver
 from services.common.webhook_urls import UrlPolicy, UrlRefused, check_addresses, check_url
 from services.webhooks.outcome import Result
 
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves as aiohttp would, then refuses the lot unless every address is allowed."""
+    """Resolves without a thread (services.common.resolver: a receiver's hanging DNS holds only
+    its own attempt), then refuses the lot unless every address is allowed."""
 
     def __init__(self, policy: UrlPolicy) -> None:
         self._policy = policy
-        self._resolver = DefaultResolver()
+        self._resolver = Resolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

@@ -610,3 +610,17 @@ async def test_private_addresses_are_refused_before_any_request(rig: Rig, host: 
     assert "private, loopback, link-local or reserved address" in answer.result.error
     assert "127.0.0.1" not in answer.result.error and "::1" not in answer.result.error
     assert rig.receiver.at("/private") == []
+
+
+async def test_a_host_that_does_not_resolve_is_a_failed_attempt(rig: Rig) -> None:
+    sender = Sender(
+        UrlPolicy(allow_http=True, allow_private=True),
+        timeout_seconds=10,
+        response_max_bytes=HEAD_BYTES,
+        max_connections=4,
+    )
+    try:
+        answer = await sender.post("http://no-such-host.invalid/hook", b"{}", {})
+    finally:
+        await sender.close()
+    assert (answer.result.status_code, answer.result.error) == (0, "the host does not resolve")

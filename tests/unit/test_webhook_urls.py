@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
@@ -97,41 +95,42 @@ async def resolved(target: Target, policy: UrlPolicy) -> None:
     try:
         await check_target(target, policy, dns)
     finally:
-        dns.close()
+        await dns.close()
 
 
-def test_a_name_whose_dns_hangs_holds_only_the_resolvers_threads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Registering endpoints at names chosen to hang must not take the threads CreateJob decodes
-    images on (asyncio's default pool): the resolver has threads of its own, gives up on time,
-    and once they are all stuck refuses at once."""
-    release = threading.Event()
-    real = socket.getaddrinfo
-
-    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
-        if host == "hangs.example":
-            release.wait(30)
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", hanging)
-    target = check_url("https://hangs.example/hook", STRICT)
+def test_names_whose_dns_hangs_hold_no_thread_and_no_other_lookup() -> None:
+    """Registering endpoints at names chosen to hang (their nameserver never answers) must not
+    take the threads CreateJob decodes images on (asyncio's default pool), nor hold up other
+    names; each such lookup ends at the resolver's timeout."""
+    blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blackhole.bind(("127.0.0.1", 0))
+    nameserver = f"127.0.0.1:{blackhole.getsockname()[1]}"
 
     async def scenario() -> None:
-        # As small as the resolver's: were names resolved on it, both would now be stuck.
+        # Small: were names resolved on it, it would be full now.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
-        dns = Resolver(threads=2, timeout_seconds=0.2)
+        dns = Resolver(timeout_seconds=1.0, nameservers=[nameserver])
+        hanging = [
+            asyncio.create_task(
+                check_target(check_url(f"https://h{n}.example/hook", STRICT), STRICT, dns)
+            )
+            for n in range(20)
+        ]
         try:
-            for _ in range(3):  # the third finds both threads stuck
-                with pytest.raises(UrlRefused, match="does not resolve"):
-                    await check_target(target, STRICT, dns)
-            # The default pool is free: CPU work goes on (wait_for: a hang guard only).
+            # Meanwhile (wait_for: hang guards only): CPU work, and a name the hosts file knows.
             assert await asyncio.wait_for(asyncio.to_thread(sum, [1, 2]), 10) == 3
+            assert "127.0.0.1" in await asyncio.wait_for(dns.addresses("localhost", 443), 10)
+            for task in hanging:
+                with pytest.raises(UrlRefused, match="does not resolve"):
+                    await task
+            assert blackhole.recv(512)  # the queries did reach the silent nameserver
         finally:
-            release.set()
-            dns.close()
+            await dns.close()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        blackhole.close()
 
 
 def test_https_only_unless_http_is_allowed() -> None:
