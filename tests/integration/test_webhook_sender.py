@@ -36,7 +36,7 @@ from services.job_service import migrate
 from services.webhooks.app import WebhookSender
 from services.webhooks.delivery_store import Event, Match
 from services.webhooks.dispatcher import READ_FAILED, SECRET_UNSEALABLE
-from services.webhooks.http import Sender
+from services.webhooks.http import Answer, Sender
 from services.webhooks.settings import WebhookSettings
 from tests.receivers import Receiver
 from tests.servers import NatsServer
@@ -594,18 +594,23 @@ async def test_one_users_hanging_endpoints_do_not_hold_back_another_user(rig: Ri
     await rig.receiver.wait_for("/greedy", 16)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
-async def test_private_addresses_are_refused_before_any_request(rig: Rig, host: str) -> None:
+async def post_once(url: str, *, allow_private: bool) -> Answer:
+    """One POST by a Sender of its own (the rig's sender allows private addresses)."""
     sender = Sender(
-        UrlPolicy(allow_http=True, allow_private=False),
-        timeout_seconds=5,
+        UrlPolicy(allow_http=True, allow_private=allow_private),
+        timeout_seconds=10,
         response_max_bytes=HEAD_BYTES,
         max_connections=4,
     )
     try:
-        answer = await sender.post(rig.receiver.url("/private", host), b"{}", {})
+        return await sender.post(url, b"{}", {})
     finally:
         await sender.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+async def test_private_addresses_are_refused_before_any_request(rig: Rig, host: str) -> None:
+    answer = await post_once(rig.receiver.url("/private", host), allow_private=False)
     assert answer.result.status_code == 0
     assert "private, loopback, link-local or reserved address" in answer.result.error
     assert "127.0.0.1" not in answer.result.error and "::1" not in answer.result.error
@@ -613,14 +618,5 @@ async def test_private_addresses_are_refused_before_any_request(rig: Rig, host: 
 
 
 async def test_a_host_that_does_not_resolve_is_a_failed_attempt(rig: Rig) -> None:
-    sender = Sender(
-        UrlPolicy(allow_http=True, allow_private=True),
-        timeout_seconds=10,
-        response_max_bytes=HEAD_BYTES,
-        max_connections=4,
-    )
-    try:
-        answer = await sender.post("http://no-such-host.invalid/hook", b"{}", {})
-    finally:
-        await sender.close()
+    answer = await post_once("http://no-such-host.invalid/hook", allow_private=True)
     assert (answer.result.status_code, answer.result.error) == (0, "the host does not resolve")
