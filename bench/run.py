@@ -7,8 +7,9 @@ this separate process:
   3. round trip: CreateJob to a watcher receiving SUCCEEDED, small local image (p50, p99);
   4. image jobs per second through one worker process against the Google fake with a fixed
      delay per call, at 1, 2 and 4 jobs in flight (bench/google.py);
-  5. webhooks: deliveries per second to a local receiver, and the latency from a job's change to
-     the receiver (p50, p99), each next to plain aiohttp POSTs to the same receiver
+  5. webhooks: deliveries per second to a local receiver (one user's endpoints, then as many
+     over 20 users), and the latency from a job's change to the receiver (p50, p99), each next
+     to plain aiohttp POSTs to the same receiver
      (bench/webhooks.py; BENCH_WEBHOOK_JOBS, BENCH_WEBHOOK_LATENCY_JOBS);
   6. the live feed: 1,000 and 10,000 watchers on one notifier, on one job and on one job each,
      every job changed at once; resume after a disconnect (bench/watchers.py, a stack of its own;

@@ -2,8 +2,10 @@
 
   1. deliveries per second: ENDPOINTS endpoints of one user, each wanting job.queued, and
      BENCH_WEBHOOK_JOBS jobs created while the sender is SIGSTOPped; the sender is then resumed
-     and timed until the local receiver has every delivery (fan-out, signing, POST, recording);
-     baseline: the same number of POSTs of the same body to the same receiver from a plain
+     and timed until the local receiver has every delivery (fan-out, signing, POST, recording).
+     Then as many deliveries over USERS users (one user's receivers hold at most
+     WEBHOOK_MAX_IN_FLIGHT_PER_USER requests, all users together WEBHOOK_MAX_IN_FLIGHT).
+     Baseline: the same number of POSTs of the same body to the same receiver from a plain
      aiohttp loop with WEBHOOK_MAX_IN_FLIGHT (64) in flight;
   2. latency from a job's change (its update_time, Postgres' clock) to the receiver (this
      machine's clock), one job at a time, p50/p99; baseline: one plain POST's round trip.
@@ -41,6 +43,8 @@ from media.v1 import (
 from services.common.auth import bearer_metadata, mint_token
 
 ENDPOINTS = 20  # MAX_WEBHOOK_ENDPOINTS_PER_USER's default
+# The many-users figure: as many deliveries, over USERS users with USER_ENDPOINTS endpoints each.
+USERS, USER_ENDPOINTS = 20, 4
 CONCURRENCY = 64  # WEBHOOK_MAX_IN_FLIGHT's default
 WAIT_SECONDS = 300.0  # hang guard
 IMAGE = job_pb2.ImageParams(prompt="webhook bench", size="256x256", model="local")
@@ -123,69 +127,102 @@ async def plain_round_trips(url: str, count: int, body: bytes) -> list[float]:
     return times
 
 
-async def measure(addrs: UpStack, jobs_count: int, latency_jobs: int) -> None:
-    user = f"bench-webhooks-{uuid.uuid4().hex[:6]}"
-    token = mint_token(addrs.secret, user, ttl_seconds=3600) if addrs.secret else addrs.token
-    md = bearer_metadata(token)
-    receiver = Counting()
-    await receiver.start()
-    endpoint_ids: list[str] = []
-    async with grpc.aio.insecure_channel(addrs.job_service_addr) as channel:
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        hooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+class Bench:
+    """The stack's JobService and WebhookService, users of the bench's own, and the receiver."""
 
-        async def register(path: str) -> None:
-            created = await hooks.CreateWebhookEndpoint(
-                webhook_service_pb2.CreateWebhookEndpointRequest(
-                    url=receiver.url(path), event_types=["job.queued"]
-                ),
+    def __init__(self, addrs: UpStack, channel: grpc.aio.Channel, receiver: Counting) -> None:
+        self.addrs = addrs
+        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        self.hooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+        self.receiver = receiver
+        self.users: list[tuple[tuple[str, str], ...]] = []
+        self.endpoints: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+    def user(self) -> tuple[tuple[str, str], ...]:
+        name = f"bench-webhooks-{uuid.uuid4().hex[:6]}"
+        addrs = self.addrs
+        token = mint_token(addrs.secret, name, ttl_seconds=3600) if addrs.secret else addrs.token
+        md = bearer_metadata(token)
+        self.users.append(md)
+        return md
+
+    async def register(self, md: tuple[tuple[str, str], ...], path: str) -> None:
+        created = await self.hooks.CreateWebhookEndpoint(
+            webhook_service_pb2.CreateWebhookEndpointRequest(
+                url=self.receiver.url(path), event_types=["job.queued"]
+            ),
+            metadata=md,
+        )
+        self.endpoints.append((created.endpoint.id, md))
+
+    async def unregister(self) -> None:
+        for endpoint_id, md in self.endpoints:
+            await self.hooks.DeleteWebhookEndpoint(
+                webhook_service_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id),
                 metadata=md,
             )
-            endpoint_ids.append(created.endpoint.id)
+        self.endpoints.clear()
 
-        async def create() -> job_pb2.Job:
-            request = job_service_pb2.CreateJobRequest(image=IMAGE)
-            return (await jobs.CreateJob(request, metadata=md)).job
+    async def create(self, md: tuple[tuple[str, str], ...]) -> job_pb2.Job:
+        request = job_service_pb2.CreateJobRequest(image=IMAGE)
+        return (await self.jobs.CreateJob(request, metadata=md)).job
 
+    async def throughput(self, users: int, endpoints_each: int, jobs_each: int) -> float:
+        """Deliveries per second of `jobs_each` jobs of each of `users` new users, each with
+        `endpoints_each` endpoints, created while the sender is paused."""
+        mds = [self.user() for _ in range(users)]
+        for u, md in enumerate(mds):
+            for n in range(endpoints_each):
+                await self.register(md, f"/throughput/{u}/{n}")
+        deliveries = users * endpoints_each * jobs_each
+        self.receiver.expect(deliveries)
+        with sender_paused():
+            creates = [md for md in mds for _ in range(jobs_each)]
+            # Fewer in flight than job_service serves at once (MAX_CONCURRENT_RPCS).
+            for start in range(0, len(creates), 16):
+                await asyncio.gather(*(self.create(md) for md in creates[start : start + 16]))
+            await asyncio.sleep(1.0)  # the outbox relay publishes them meanwhile
+            started = time.perf_counter()
+        await self.receiver.wait()
+        rate = deliveries / (time.perf_counter() - started)
+        await self.unregister()
+        return rate
+
+
+async def measure(addrs: UpStack, jobs_count: int, latency_jobs: int) -> None:
+    receiver = Counting()
+    await receiver.start()
+    async with grpc.aio.insecure_channel(addrs.job_service_addr) as channel:
+        bench = Bench(addrs, channel, receiver)
         try:
             with workers_paused():
-                # 1. throughput
-                for n in range(ENDPOINTS):
-                    await register(f"/throughput/{n}")
+                # 1. throughput: one user's endpoints, then as many deliveries over many users
+                # (each user's receivers hold at most WEBHOOK_MAX_IN_FLIGHT_PER_USER requests).
                 deliveries = ENDPOINTS * jobs_count
-                receiver.expect(deliveries)
-                with sender_paused():
-                    # Fewer in flight than job_service serves at once (MAX_CONCURRENT_RPCS).
-                    for start in range(0, jobs_count, 16):
-                        await asyncio.gather(
-                            *(create() for _ in range(min(16, jobs_count - start)))
-                        )
-                    await asyncio.sleep(1.0)  # the outbox relay publishes them meanwhile
-                    started = time.perf_counter()
-                await receiver.wait()
-                rate = deliveries / (time.perf_counter() - started)
+                one = await bench.throughput(1, ENDPOINTS, jobs_count)
+                many_jobs = max(1, deliveries // (USERS * USER_ENDPOINTS))
+                many = await bench.throughput(USERS, USER_ENDPOINTS, many_jobs)
                 sample = receiver.url("/baseline")
                 body = b'{"type":"job.queued","timestamp":"","data":{}}' + b" " * 900
                 receiver.expect(deliveries)
                 base = await plain_posts(sample, deliveries, body)
                 print(
-                    f"webhook deliveries:   {rate:8.0f} /s  ({deliveries} = {jobs_count} jobs x "
-                    f"{ENDPOINTS} endpoints; plain aiohttp POSTs to the same receiver: "
-                    f"{base:.0f} /s, ratio {rate / base:.2f})"
+                    f"webhook deliveries:   {one:8.0f} /s  ({deliveries} = {jobs_count} jobs x "
+                    f"{ENDPOINTS} endpoints of one user; plain aiohttp POSTs to the same "
+                    f"receiver: {base:.0f} /s, ratio {one / base:.2f})"
                 )
-                for endpoint_id in endpoint_ids:
-                    await hooks.DeleteWebhookEndpoint(
-                        webhook_service_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id),
-                        metadata=md,
-                    )
-                endpoint_ids.clear()
+                print(
+                    f"  over {USERS} users:    {many:8.0f} /s  (ratio {many / base:.2f}; "
+                    f"{USER_ENDPOINTS} endpoints x {many_jobs} jobs each)"
+                )
 
                 # 2. latency, one job at a time
-                await register("/latency")
+                md = bench.user()
+                await bench.register(md, "/latency")
                 latencies = []
                 for _ in range(latency_jobs):
                     receiver.expect(1)
-                    await create()
+                    await bench.create(md)
                     await receiver.wait()
                     arrived, stamp = receiver.arrivals[0]
                     changed = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -198,13 +235,10 @@ async def measure(addrs: UpStack, jobs_count: int, latency_jobs: int) -> None:
                     f"p99 {percentile(plain, 99):.1f})"
                 )
             # Canceled while the workers were paused; they skip past them once resumed.
-            await drain(jobs, md, addrs.env["NATS_URL"])
+            for md in bench.users:
+                await drain(bench.jobs, md, addrs.env["NATS_URL"])
         finally:
-            for endpoint_id in endpoint_ids:
-                await hooks.DeleteWebhookEndpoint(
-                    webhook_service_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id),
-                    metadata=md,
-                )
+            await bench.unregister()
             assert receiver.runner is not None
             await receiver.runner.cleanup()
 
