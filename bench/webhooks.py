@@ -42,6 +42,8 @@ from media.v1 import (
 )
 from services.common.auth import bearer_metadata, mint_token
 
+Metadata = tuple[tuple[str, str], ...]  # a user's bearer_metadata
+
 ENDPOINTS = 20  # MAX_WEBHOOK_ENDPOINTS_PER_USER's default
 # The many-users figure: as many deliveries, over USERS users with USER_ENDPOINTS endpoints each.
 USERS, USER_ENDPOINTS = 20, 4
@@ -135,10 +137,10 @@ class Bench:
         self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
         self.hooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
         self.receiver = receiver
-        self.users: list[tuple[tuple[str, str], ...]] = []
-        self.endpoints: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        self.users: list[Metadata] = []
+        self.endpoints: list[tuple[str, Metadata]] = []
 
-    def user(self) -> tuple[tuple[str, str], ...]:
+    def user(self) -> Metadata:
         name = f"bench-webhooks-{uuid.uuid4().hex[:6]}"
         addrs = self.addrs
         token = mint_token(addrs.secret, name, ttl_seconds=3600) if addrs.secret else addrs.token
@@ -146,7 +148,7 @@ class Bench:
         self.users.append(md)
         return md
 
-    async def register(self, md: tuple[tuple[str, str], ...], path: str) -> None:
+    async def register(self, md: Metadata, path: str) -> None:
         created = await self.hooks.CreateWebhookEndpoint(
             webhook_service_pb2.CreateWebhookEndpointRequest(
                 url=self.receiver.url(path), event_types=["job.queued"]
@@ -163,7 +165,7 @@ class Bench:
             )
         self.endpoints.clear()
 
-    async def create(self, md: tuple[tuple[str, str], ...]) -> job_pb2.Job:
+    async def create(self, md: Metadata) -> job_pb2.Job:
         request = job_service_pb2.CreateJobRequest(image=IMAGE)
         return (await self.jobs.CreateJob(request, metadata=md)).job
 

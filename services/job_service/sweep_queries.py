@@ -170,13 +170,21 @@ def _sealed_elsewhere(key_id: str) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class SealedSecrets:
-    """An endpoint's secrets as stored (sealed): the current one, and the previous one while it
-    still signs (None once it expired)."""
+    """An endpoint's secrets as stored (sealed): the current one, and the previous one."""
 
     endpoint_id: uuid.UUID
     secret: str
+    previous: str | None  # as the row holds it, expired or not
+    previous_signs: bool  # not expired yet
+
+
+@dataclass(frozen=True)
+class Resealed:
+    """The same secrets sealed with the first key (previous: None once it no longer signs)."""
+
+    was: SealedSecrets
+    secret: str
     previous: str | None
-    stored_previous: str | None  # as the row holds it, expired or not
 
 
 def secrets_to_reseal(
@@ -191,18 +199,14 @@ def secrets_to_reseal(
     if after is not None:
         query = query.where(e.id > after)
     return [
-        SealedSecrets(
-            row.id, row.secret, row.previous_secret if row.live else None, row.previous_secret
-        )
+        SealedSecrets(row.id, row.secret, row.previous_secret, bool(row.live))
         for row in conn.execute(query.order_by(e.id).limit(limit))
     ]
 
 
-def store_resealed(
-    conn: Connection, key_id: str, resealed: Sequence[tuple[SealedSecrets, SealedSecrets]]
-) -> None:
-    """Stores each endpoint's secrets sealed again (was, now), unless a rotation changed them
-    meanwhile; the sealed_with of those stored is `key_id`."""
+def store_resealed(conn: Connection, key_id: str, resealed: Sequence[Resealed]) -> None:
+    """Stores each endpoint's secrets sealed again, unless a rotation changed them meanwhile;
+    the sealed_with of those stored is `key_id`."""
     if not resealed:
         return
     e = webhook_endpoints.c
@@ -220,13 +224,13 @@ def store_resealed(
         ),
         [
             {
-                "b_id": was.endpoint_id,
-                "b_was": was.secret,
-                "b_was_previous": was.stored_previous,
-                "b_secret": now.secret,
-                "b_previous": now.previous,
+                "b_id": each.was.endpoint_id,
+                "b_was": each.was.secret,
+                "b_was_previous": each.was.previous,
+                "b_secret": each.secret,
+                "b_previous": each.previous,
             }
-            for was, now in resealed
+            for each in resealed
         ],
     )
 

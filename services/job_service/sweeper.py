@@ -57,6 +57,7 @@ from services.job_service import metrics
 from services.job_service.metrics import SweepReason
 from services.job_service.settings import SweepSettings
 from services.job_service.sweep_queries import (
+    Resealed,
     SealedSecrets,
     count_to_reseal,
     due_inputs,
@@ -189,10 +190,10 @@ class Sweeper:
             size = min(left, BATCH)
             found = await self._in_db(secrets_to_reseal, conn, key_id, self._reseal_after, size)
             left -= len(found)
-            pairs = [(was, now) for was in found if (now := self._resealed(was)) is not None]
-            await self._in_db(store_resealed, conn, key_id, pairs)
-            resealed += len(pairs)
-            unopened += len(found) - len(pairs)
+            done = [now for was in found if (now := self._resealed(was)) is not None]
+            await self._in_db(store_resealed, conn, key_id, done)
+            resealed += len(done)
+            unopened += len(found) - len(done)
             if len(found) < size:
                 self._reseal_after = None  # the end: the next round starts over
                 break
@@ -207,18 +208,18 @@ class Sweeper:
             )
         metrics.SECRETS_TO_RESEAL.set(await self._in_db(count_to_reseal, conn, key_id))
 
-    def _resealed(self, was: SealedSecrets) -> SealedSecrets | None:
+    def _resealed(self, was: SealedSecrets) -> Resealed | None:
         """The secrets sealed with the first key; None when no key opens the current one (a
-        previous one no key opens is dropped: it could not sign anyway)."""
+        previous one that no longer signs, or that no key opens, is dropped)."""
         try:
             secret = self._sealer.reseal(was.secret)
         except Unsealable:
             return None
         previous = None
-        if was.previous is not None:
+        if was.previous is not None and was.previous_signs:
             with contextlib.suppress(Unsealable):
                 previous = self._sealer.reseal(was.previous)
-        return SealedSecrets(was.endpoint_id, secret, previous, previous)
+        return Resealed(was, secret, previous)
 
     async def _sweep_inputs(self, conn: Connection, swept: Swept) -> None:
         retention = self._settings.input_retention_seconds
